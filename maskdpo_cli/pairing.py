@@ -19,7 +19,7 @@ DROP_REASONS = {
     "identical": "chosen and rejected are the same text",
     "chosen_without_correct": "the best response has no hallucination-free sentence",
     "rejected_without_incorrect": "the worst response has no hallucinated sentence",
-    "single_response": "only one response to compare",
+    "single_response": "fewer than two non-empty responses to compare",
 }
 
 
@@ -50,7 +50,8 @@ def _score(response: dict[str, Any]) -> float:
 
 def choose_pair(record: Record) -> tuple[Record | None, str | None]:
     """(pair, None) for a usable question, (None, reason) for one that is dropped."""
-    responses = record["responses"]
+    # A response with no sentence says nothing true or false: it is neither best nor worst.
+    responses = [r for r in record["responses"] if r["sentences"]]
     if len(responses) < 2:
         return None, "single_response"
     # Stable: among equal scores the earliest response wins, so pairs are reproducible.

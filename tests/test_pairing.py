@@ -64,6 +64,14 @@ def test_drop_rules():
     assert choose_pair(record([response(0, [("A.", "ok")])]))[1] == "single_response"
 
 
+def test_empty_responses_are_neither_chosen_nor_rejected():
+    empty = {"index": 0, "text": "  ", "sentences": []}
+    good, bad = response(1, [("A.", "ok")]), response(2, [("X.", "contradictory"), ("B.", "ok")])
+    pair, reason = choose_pair(record([empty, good, bad]))
+    assert reason is None and (pair["chosen_index"], pair["rejected_index"]) == (1, 2)
+    assert choose_pair(record([empty, good]))[1] == "single_response"
+
+
 def test_pair_command_writes_pairs_and_reports_drops(tmp_path: Path):
     usable = record([response(0, [("A.", "ok")]), response(1, [("X.", "contradictory")])])
     dropped = {**record([response(0, [("A.", "ok")]), response(1, [("B.", "ok")])]), "id": "q2"}

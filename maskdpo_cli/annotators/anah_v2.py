@@ -1,0 +1,315 @@
+"""The ANAH-v2 annotator: a chat judge labels each sentence in a three-turn conversation.
+
+Turn 1 asks whether the sentence states verifiable facts (`<No Facts>` ends it: nofact).
+Turn 2 asks for the information in the question's reference document that bears on the
+sentence (`<No Reference Information>` ends it: unverifiable). Turn 3 asks for the
+hallucination type (no hallucination / contradictory / unverifiable). Each turn is
+appended after the judge's previous reply, in one conversation per sentence, and each
+turn is sent for all pending sentences of a question at once so the judge works in batches.
+
+A reply without the expected marker is asked again (up to --max-retries), then reported:
+a label is never guessed. Judgments are cached by (judge, prompts, question, document,
+sentence), so a sentence repeated across the K samples is judged once, and the cache is
+appended to a file next to the output so a resumed run does not pay twice.
+
+--prompts FILE replaces the wording, e.g. with the prompts the ANAH-v2 model was trained on:
+    {"en": {"system": "...", "facts": "...", "reference": "...", "judge": "..."}, "zh": {...}}
+Templates use {question}, {document} and {sentence}; "judge" may also use {reference}, the
+judge's turn-2 reply. Only these placeholders are replaced; other braces are kept as written.
+A missing language or key keeps the built-in wording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from maskdpo_cli.annotators.judges import make_judge
+from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
+from maskdpo_cli.jsonl import RecordWriter, recover_appendable
+from maskdpo_cli.records import LABELS
+from maskdpo_cli.segmentation import detect_language
+
+if TYPE_CHECKING:
+    from maskdpo_cli.annotation import JudgeConfig
+
+PROMPT_KEYS = ("system", "facts", "reference", "judge")
+PLACEHOLDERS = {"system": {"question", "document"},
+                "facts": {"question", "document", "sentence"},
+                "reference": {"question", "document", "sentence"},
+                "judge": {"question", "document", "sentence", "reference"}}
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")
+# A deterministic judge repeats a malformed greedy reply: re-ask with some sampling.
+REASK_TEMPERATURE = 0.7
+CONTINUE = "continue"  # a turn's verdict that sends the sentence to the next turn
+
+DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
+    "en": {
+        "system": "",
+        "facts": (
+            "You are checking an answer for hallucinations, one sentence at a time.\n\n"
+            "Question:\n{question}\n\n"
+            "Sentence from the answer:\n{sentence}\n\n"
+            "Does this sentence state anything that could be checked against a reliable source, "
+            "such as names, dates, numbers, places, events or properties of things? Opinions, "
+            "greetings, hedges and restatements of the question do not count.\n"
+            "Reply with exactly one tag: <Facts Present> or <No Facts>."),
+        "reference": (
+            "Here is the reference document for the question:\n\n{document}\n\n"
+            "List every piece of information in the document that bears on the sentence, "
+            "whether it supports it or conflicts with it, separated by <SEP>. If the document "
+            "says nothing relevant to the sentence, reply with exactly <No Reference Information>."),
+        "judge": (
+            "Now compare the sentence with the information you extracted.\n\n"
+            "Sentence:\n{sentence}\n\n"
+            "Reference information:\n{reference}\n\n"
+            "Reply with exactly one tag:\n"
+            "<No Hallucination> if the reference information supports everything the sentence states;\n"
+            "<Contradictory> if the reference information conflicts with the sentence;\n"
+            "<Unverifiable> if the sentence states something the reference information neither "
+            "supports nor contradicts."),
+    },
+    "zh": {
+        "system": "",
+        "facts": (
+            "你在逐句检查一个回答是否存在幻觉。\n\n"
+            "问题：\n{question}\n\n"
+            "回答中的一句话：\n{sentence}\n\n"
+            "这句话是否陈述了可以通过可靠来源核实的内容，例如人名、日期、数字、地点、事件或事物的属性？"
+            "个人观点、寒暄、模糊的措辞以及对问题的复述都不算。\n"
+            "请只回复一个标签：<有事实> 或 <无事实>。"),
+        "reference": (
+            "以下是该问题的参考文档：\n\n{document}\n\n"
+            "请列出文档中与这句话有关的全部信息，无论是支持还是与之冲突，多条信息之间用 <SEP> 分隔。"
+            "如果文档中没有与这句话相关的信息，请只回复 <无参考信息>。"),
+        "judge": (
+            "现在请把这句话与你提取的参考信息进行比较。\n\n"
+            "句子：\n{sentence}\n\n"
+            "参考信息：\n{reference}\n\n"
+            "请只回复一个标签：\n"
+            "<无幻觉>：参考信息支持这句话陈述的全部内容；\n"
+            "<矛盾>：参考信息与这句话相冲突；\n"
+            "<无法验证>：这句话陈述的内容在参考信息中既得不到支持也没有被否定。"),
+    },
+}
+
+# Markers per turn, lower-cased with spaces removed (how replies are compared).
+FACTS_MARKERS = {"nofact": ("nofacts", "无事实"), CONTINUE: ("factspresent", "有事实")}
+REFERENCE_MARKERS = {"unverifiable": ("noreferenceinformation", "无参考信息")}
+JUDGE_MARKERS = {"ok": ("nohallucination", "无幻觉"), "contradictory": ("contradictory", "矛盾"),
+                 "unverifiable": ("unverifiable", "无法验证")}
+
+
+def find_marker(reply: str, markers: dict[str, tuple[str, ...]]) -> str | None:
+    """The one verdict whose marker the reply contains, or None (none, or several disagreeing).
+
+    A tagged marker (`<Contradictory>`) is trusted over a bare word, so a reply that gives the
+    tag and mentions another type in passing still reads as the tag.
+    """
+    norm = "".join(reply.lower().split())
+    for form in ("<{}>", "{}"):
+        hits = {verdict for verdict, words in markers.items() if any(form.format(w) in norm for w in words)}
+        if len(hits) == 1:
+            return hits.pop()
+        if hits:
+            return None
+    return None
+
+
+def _parse_facts(reply: str) -> str | None:
+    return find_marker(reply, FACTS_MARKERS)
+
+
+def _parse_reference(reply: str) -> str | None:
+    if not reply.strip():
+        return None
+    return find_marker(reply, REFERENCE_MARKERS) or CONTINUE  # anything else is the reference
+
+
+def _parse_judge(reply: str) -> str | None:
+    return find_marker(reply, JUDGE_MARKERS)
+
+
+TURNS: tuple[tuple[str, Callable[[str], str | None], str], ...] = (
+    ("facts", _parse_facts, "<Facts Present> or <No Facts> (<有事实>/<无事实>)"),
+    ("reference", _parse_reference, "a non-empty reference or <No Reference Information> (<无参考信息>)"),
+    ("judge", _parse_judge, "<No Hallucination>, <Contradictory> or <Unverifiable> (<无幻觉>/<矛盾>/<无法验证>)"),
+)
+
+
+def load_prompts(path: str | Path | None) -> dict[str, dict[str, str]]:
+    """The built-in prompts, overridden by a --prompts JSON file; every template is checked."""
+    prompts = {lang: dict(templates) for lang, templates in DEFAULT_PROMPTS.items()}
+    if path is None:
+        return prompts
+    name = str(path)
+    try:
+        user = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MaskDPOError(f"--prompts {name}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"not a readable JSON file ({err})", name) from None
+    if not isinstance(user, dict):
+        raise InputError('expected an object like {"en": {"facts": "...", ...}}', name)
+    for lang, templates in user.items():
+        if lang not in prompts:
+            raise InputError(f"unknown language; expected {', '.join(prompts)}", name, field=lang)
+        if not isinstance(templates, dict):
+            raise InputError("expected an object of templates", name, field=lang)
+        for key, template in templates.items():
+            where = f"{lang}.{key}"
+            if key not in PROMPT_KEYS:
+                raise InputError(f"unknown template; expected {', '.join(PROMPT_KEYS)}", name, field=where)
+            if not isinstance(template, str) or (key != "system" and not template.strip()):
+                raise InputError("expected a non-empty string", name, field=where)
+            unknown = set(_PLACEHOLDER_RE.findall(template)) - PLACEHOLDERS[key]
+            if unknown:
+                raise InputError(f"unknown placeholder {{{sorted(unknown)[0]}}}; this template may use "
+                                 + ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS[key])), name, field=where)
+            prompts[lang][key] = template
+    return prompts
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Replace known {placeholders} only: documents and user templates may contain braces."""
+    return _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+class JudgmentCache:
+    """Labels by key, kept in memory and appended to a JSONL file (when there is one) as they come."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self._labels: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        if self._labels is None:
+            self._labels = {}
+            for lineno, rec in enumerate(recover_appendable(self.path) if self.path else [], start=1):
+                if not isinstance(rec.get("key"), str) or rec.get("label") not in LABELS:
+                    raise InputError("not a judgment record; delete the file to judge again",
+                                     str(self.path), lineno)
+                self._labels[rec["key"]] = rec["label"]
+        return self._labels
+
+    def get(self, key: str) -> str | None:
+        return self._load().get(key)
+
+    def put(self, key: str, label: str, **details: Any) -> None:
+        self._load()[key] = label
+        if self.path is not None:
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    RecordWriter(fh, durable=True).write({"key": key, "label": label, **details})
+            except OSError as err:
+                raise MaskDPOError(f"{self.path}: cannot write judgments ({err.strerror})") from None
+
+
+@dataclass
+class _Conversation:
+    key: str
+    sentence: str
+    messages: list[dict[str, str]]
+    replies: list[str] = field(default_factory=list)
+
+
+class AnahV2Annotator:
+    name = "anah-v2"
+
+    def __init__(self, config: JudgeConfig) -> None:
+        self.config = config
+        self.prompts = load_prompts(config.prompts_file)  # a bad file stops us before any judging
+        self.prompts_digest = _digest(self.prompts)[:16]
+        self.judge = make_judge(config)
+        self.cache = JudgmentCache(config.cache_path)
+
+    def validate(self, record: dict[str, Any], path: str = "<input>", line: int | None = None) -> None:
+        document = record.get("document")
+        if not isinstance(document, str) or not document.strip():
+            raise InputError("missing or empty: anah-v2 checks each sentence against the question's "
+                             "reference document", path, line, "document")
+
+    def describe(self) -> dict[str, Any]:
+        prompts: Any = "builtin"
+        if self.config.prompts_file is not None:
+            prompts = {"file": str(self.config.prompts_file), "sha256": self.prompts_digest}
+        return {"name": self.name, "judge": self.judge.describe(), "prompts": prompts}
+
+    def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
+        self.validate(record)  # callers other than run_annotate get the same clear error
+        language = record.get("language") or detect_language(record["question"] + record["document"])
+        keys = [self._key(record, language, s) for s in sentences]
+        todo = {k: s for k, s in zip(keys, sentences) if self.cache.get(k) is None}
+        if todo:
+            self._judge(record, language, todo)
+        return [self.cache.get(k) for k in keys]
+
+    def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:
+        """Same judge, same prompts, same question and document, same sentence: same label."""
+        judge = self.judge.describe()
+        identity = [judge["backend"], judge["model"], language, self.prompts_digest,
+                    record["question"], record["document"], sentence]
+        return _digest(identity)
+
+    def _judge(self, record: dict[str, Any], language: str, todo: dict[str, str]) -> None:
+        """Run the three turns for every sentence in `todo`; cache each label as it is decided."""
+        templates = self.prompts[language]
+        context = {"question": record["question"], "document": record["document"]}
+        system = [{"role": "system", "content": render(templates["system"], context)}] \
+            if templates["system"].strip() else []
+        active = [_Conversation(k, s, list(system)) for k, s in todo.items()]
+        failures: list[tuple[_Conversation, str, str]] = []
+        for turn, parse, expected in TURNS:
+            for conv in active:
+                values = {**context, "sentence": conv.sentence,
+                          "reference": conv.replies[-1] if conv.replies else ""}
+                conv.messages.append({"role": "user", "content": render(templates[turn], values)})
+            verdicts, malformed = self._ask(active, parse)
+            failures += [(conv, reply, expected) for conv, reply in malformed]
+            active = []
+            for conv, verdict in verdicts:
+                if verdict == CONTINUE:
+                    active.append(conv)
+                else:
+                    self.cache.put(conv.key, verdict, sentence=conv.sentence, replies=conv.replies)
+        if failures:
+            conv, reply, expected = failures[0]
+            more = f" ({len(failures) - 1} more sentences failed the same way)" if len(failures) > 1 else ""
+            kept = f"; judgments so far are kept in {self.cache.path}, rerun to resume" if self.cache.path else ""
+            raise JudgeError(
+                f"question {record['id']!r}: the judge gave no usable reply for the sentence "
+                f"{conv.sentence[:200]!r} after {self.config.max_retries + 1} attempts; expected {expected}, "
+                f"last reply: {reply[:300]!r}{more}{kept}")
+
+    def _ask(self, conversations: list[_Conversation], parse: Callable[[str], str | None]
+             ) -> tuple[list[tuple[_Conversation, str]], list[tuple[_Conversation, str]]]:
+        """(verdicts, malformed): each conversation's verdict for its last turn, re-asking bad replies."""
+        pending, verdicts, last = list(conversations), [], {}
+        for attempt in range(self.config.max_retries + 1):
+            if not pending:
+                break
+            temperature = 0.0 if attempt == 0 else REASK_TEMPERATURE
+            replies = self.judge.complete([c.messages for c in pending], temperature=temperature)
+            retry = []
+            for conv, reply in zip(pending, replies):
+                verdict = parse(reply)
+                if verdict is None:
+                    retry.append(conv)
+                    last[conv.key] = reply
+                    continue
+                conv.messages.append({"role": "assistant", "content": reply})
+                conv.replies.append(reply)
+                verdicts.append((conv, verdict))
+            pending = retry
+        return verdicts, [(conv, last[conv.key]) for conv in pending]
+
+
+__all__ = ["AnahV2Annotator", "DEFAULT_PROMPTS", "load_prompts", "find_marker", "render", "JudgmentCache"]

@@ -1,0 +1,271 @@
+"""`maskdpo annotate` with the anah-v2 annotator against a real local OpenAI-compatible judge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from judge_server import MALFORMED, JudgeServer, anah_script
+from maskdpo_cli.annotation import JudgeConfig, run_annotate
+from maskdpo_cli.annotators import make_annotator
+from maskdpo_cli.annotators.anah_v2 import find_marker, load_prompts
+from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
+from maskdpo_cli.records import read_records
+
+MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
+
+Q_EN = {"id": "en1", "question": "What is the capital of France?", "document": "Paris is the capital of France.",
+        "responses": [{"index": 0, "text": "Hello! The capital is Paris. It is near Berlin."},
+                      {"index": 1, "text": "The capital is Paris. People on Mars agree."},
+                      {"index": 2, "text": "The capital is Paris. It is near Berlin. Hello!"}]}
+EN_LABELS = {"Hello!": "nofact", "The capital is Paris.": "ok", "It is near Berlin.": "contradictory",
+             "People on Mars agree.": "unverifiable"}
+EN_REQUESTS = 1 + 3 + 3 + 2  # turns per distinct sentence: no facts ends at 1, no reference at 2
+Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴黎是法国的首都。", "language": "zh",
+        "responses": [{"index": 0, "text": "你好！首都是巴黎。不是柏林。"},
+                      {"index": 1, "text": "首都是柏林。火星人同意。"}]}
+ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
+             "火星人同意。": "unverifiable"}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def labels_of(record: dict) -> dict[str, str]:
+    return {s["text"]: s["label"] for resp in record["responses"] for s in resp["sentences"]}
+
+
+def config(server: JudgeServer, **overrides) -> JudgeConfig:
+    return JudgeConfig(url=server.url, **{"max_retries": 3, "concurrency": 4, "backoff": 0.01, **overrides})
+
+
+def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*MASKDPO, *args], capture_output=True, text=True, input=input, timeout=60)
+
+
+def test_three_turns_in_one_conversation_and_labels_for_every_branch(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2", judge=config(server))
+    (record,) = read_records(tmp_path / "out.jsonl", "annotated")
+    assert labels_of(record) == EN_LABELS
+    third_turns = [c for c in server.conversations if len(c) == 5]
+    assert len(third_turns) == 2  # Paris and Berlin reach the type question
+    for conv in third_turns:
+        assert [m["role"] for m in conv] == ["user", "assistant", "user", "assistant", "user"]
+        assert conv[1]["content"] == "<Facts Present>"  # each turn follows the judge's own reply
+        assert Q_EN["document"] in conv[2]["content"]  # turn 2 hands over the reference document
+        assert conv[3]["content"] in conv[4]["content"]  # turn 3 quotes the extracted reference
+    assert {r["temperature"] for r in server.requests} == {0.0}
+    assert record["annotator"] == {"name": "anah-v2", "prompts": "builtin",
+                                   "judge": {"backend": "openai", "url": server.url, "model": "anah-v2-test"}}
+
+
+def test_chinese_prompts_and_markers(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_ZH])
+    with JudgeServer() as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2", judge=config(server))
+    (record,) = read_records(tmp_path / "out.jsonl", "annotated")
+    assert labels_of(record) == ZH_LABELS
+    assert all("请只回复" in conv[0]["content"] for conv in server.conversations)
+
+
+def test_sentences_repeated_across_samples_are_judged_once_and_resume_pays_nothing(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, Q_ZH])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as server:
+        run_annotate(str(samples), str(out), annotator="anah-v2", judge=config(server))
+    zh_requests = 1 + 3 + 3 + 3 + 2
+    assert server.chat_requests == EN_REQUESTS + zh_requests
+    assert len(server.first_turns(turn=1)) == len(EN_LABELS) + len(ZH_LABELS)
+    # Lose the last annotated question (as after kill -9): the rerun rewrites it from the cache.
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1][:40], encoding="utf-8")
+    with open(str(out) + ".judgments.jsonl", "a", encoding="utf-8") as torn:
+        torn.write('{"key": "abc", "lab')
+    with JudgeServer() as again:
+        summary = run_annotate(str(samples), str(out), annotator="anah-v2", judge=config(again))
+    assert again.chat_requests == 0
+    assert "1 already done" in summary
+    assert [r["id"] for r in read_records(out, "annotated")] == ["en1", "zh1"]
+
+
+def test_429_and_5xx_are_retried_then_succeed(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        server.fail_first, server.fail_status = 3, 429
+        run_annotate(str(samples), str(tmp_path / "a.jsonl"), annotator="anah-v2", judge=config(server))
+    assert server.chat_requests == EN_REQUESTS + 3
+    with JudgeServer() as server:
+        server.fail_first, server.fail_status, server.retry_after = 2, 500, None  # backoff decides
+        run_annotate(str(samples), str(tmp_path / "b.jsonl"), annotator="anah-v2",
+                     judge=config(server, concurrency=1))
+    assert server.chat_requests == EN_REQUESTS + 2
+    for name in ("a.jsonl", "b.jsonl"):
+        assert labels_of(read_records(tmp_path / name, "annotated")[0]) == EN_LABELS
+
+
+def test_a_slow_reply_times_out_and_is_retried(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        server.delay_first, server.delay = 1, 1.0
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2",
+                     judge=config(server, timeout=0.3, concurrency=1))
+    assert server.chat_requests == EN_REQUESTS + 1
+    assert labels_of(read_records(tmp_path / "out.jsonl", "annotated")[0]) == EN_LABELS
+
+
+def test_an_endpoint_that_keeps_failing_gives_a_clear_error(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        server.fail_first = 1000
+        with pytest.raises(JudgeError, match=r"no usable answer after 3 attempts .*HTTP 503") as failure:
+            run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2",
+                         judge=config(server, max_retries=2, concurrency=1))
+    assert f"{server.url}/chat/completions" in str(failure.value)
+    assert server.chat_requests == 3
+    assert not (tmp_path / "out.jsonl").read_text()
+
+
+def test_malformed_replies_are_asked_again(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        server.malformed_first = 2
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2",
+                     judge=config(server, concurrency=1))
+    assert labels_of(read_records(tmp_path / "out.jsonl", "annotated")[0]) == EN_LABELS
+    assert server.chat_requests == EN_REQUESTS + 2
+    assert [r["temperature"] for r in server.requests[:3]] == [0.0, 0.0, 0.0]  # first asks are greedy
+    assert any(r["temperature"] > 0 for r in server.requests[4:])  # re-asks sample
+
+
+def test_persistently_malformed_judge_exits_1_and_keeps_what_was_judged(tmp_path):
+    broken = {"id": "q2", "question": "Which city is the capital?", "document": "Paris is the capital of France.",
+              "responses": [{"index": 0, "text": "It is Paris. This is gibberish."}]}
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, broken])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as server:
+        result = cli("annotate", str(samples), "--judge-url", server.url, "--max-retries", "1", "-o", str(out))
+    assert result.returncode == 1, result.stderr
+    assert "'This is gibberish.'" in result.stderr and MALFORMED in result.stderr
+    assert [r["id"] for r in read_records(out, "annotated")] == ["en1"]
+    judged = [json.loads(line) for line in Path(str(out) + ".judgments.jsonl").read_text().splitlines()]
+    assert "It is Paris." in {j["sentence"] for j in judged}
+
+    def forgiving(messages):
+        reply = anah_script([{**m, "content": m["content"].replace("gibberish", "nonsense")} for m in messages])
+        return reply
+
+    with JudgeServer(forgiving) as server:
+        result = cli("annotate", str(samples), "--judge-url", server.url, "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert server.chat_requests == 3  # only the sentence that failed is judged again
+    assert [r["id"] for r in read_records(out, "annotated")] == ["en1", "q2"]
+
+
+def test_missing_document_is_bad_input_before_anything_is_judged(tmp_path):
+    no_doc = {k: v for k, v in Q_ZH.items() if k != "document"}
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, no_doc])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as server:
+        result = cli("annotate", str(samples), "--judge-url", server.url, "-o", str(out))
+    assert result.returncode == 2
+    assert f"{samples}:2: field 'document'" in result.stderr
+    assert server.chat_requests == 0 and not out.exists()
+
+
+def test_user_prompts_file(tmp_path):
+    prompts = {"en": {"system": "You judge answers to: {question}",
+                      "facts": "FACTS? {sentence}", "reference": "DOC {document} FOR {sentence}",
+                      "judge": "TYPE? {sentence} given {reference} {not a placeholder}"}}
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(json.dumps(prompts))
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
+    with JudgeServer() as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2",
+                     judge=config(server, prompts_file=prompts_file))
+    (record,) = read_records(tmp_path / "out.jsonl", "annotated")
+    assert labels_of(record) == EN_LABELS
+    conv = next(c for c in server.conversations if len(c) == 6 and "Paris" in c[1]["content"])
+    assert conv[0] == {"role": "system", "content": f"You judge answers to: {Q_EN['question']}"}
+    assert conv[1]["content"] == "FACTS? The capital is Paris."
+    assert conv[3]["content"] == f"DOC {Q_EN['document']} FOR The capital is Paris."
+    assert conv[5]["content"] == f"TYPE? The capital is Paris. given {conv[4]['content']} {{not a placeholder}}"
+    assert record["annotator"]["prompts"]["file"] == str(prompts_file)
+
+
+def test_bad_prompts_file_is_refused(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"en": {"facts": "Judge {response}"}}))
+    with pytest.raises(InputError, match=r"en.facts.*unknown placeholder \{response\}"):
+        load_prompts(bad)
+    bad.write_text(json.dumps({"fr": {}}))
+    with pytest.raises(InputError, match="unknown language"):
+        load_prompts(bad)
+
+
+def test_cli_end_to_end_then_pair(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, Q_ZH])
+    out, pairs = tmp_path / "out.jsonl", tmp_path / "pairs.jsonl"
+    with JudgeServer() as server:
+        result = cli("annotate", str(samples), "--annotator", "anah-v2", "--judge-backend", "openai",
+                     "--judge-url", server.url, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert server.model_requests == 1  # no --judge-model: the endpoint's first model is used
+        assert {r["model"] for r in server.requests} == {"anah-v2-test"}
+        piped = cli("annotate", "-", "--judge-url", server.url, "--judge-model", "named",
+                    input=samples.read_text(encoding="utf-8"))
+    assert piped.returncode == 0, piped.stderr
+    assert server.model_requests == 1
+    records = read_records(out, "annotated")
+    assert [labels_of(r) for r in records] == [EN_LABELS, ZH_LABELS]
+    for record in records:
+        for resp in record["responses"]:
+            assert all(resp["text"][s["start"]:s["end"]] == s["text"] for s in resp["sentences"])
+            correct = sum(s["label"] in ("ok", "nofact") for s in resp["sentences"])
+            assert (resp["n_correct"], resp["n_incorrect"]) == (correct, len(resp["sentences"]) - correct)
+            assert resp["score"] == correct / len(resp["sentences"])
+    assert [json.loads(line)["id"] for line in piped.stdout.splitlines()] == ["en1", "zh1"]
+
+    result = cli("pair", str(out), "-o", str(pairs))
+    assert result.returncode == 0, result.stderr
+    made = read_records(pairs, "pairs")
+    assert [p["id"] for p in made] == ["en1", "zh1"]
+    assert made[0]["chosen"][0]["content"] == Q_EN["responses"][0]["text"]
+    assert made[1]["rejected_item"]["type"] == ["hallucination", "hallucination"]
+
+
+def test_empty_response_has_no_sentences_and_score_zero(tmp_path):
+    record = {**Q_EN, "responses": [{"index": 0, "text": "  \n "}, {"index": 1, "text": "Hello!"}]}
+    samples = write_jsonl(tmp_path / "s.jsonl", [record])
+    with JudgeServer() as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2", judge=config(server))
+    empty, hello = read_records(tmp_path / "out.jsonl", "annotated")[0]["responses"]
+    assert (empty["sentences"], empty["n_correct"], empty["n_incorrect"], empty["score"]) == ([], 0, 0, 0.0)
+    assert hello["score"] == 1.0
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("<Contradictory>", "contradictory"),
+    ("  no HALLUCINATION ", "ok"),
+    ("<Unverifiable>: the reference does not say; it is not contradictory", "unverifiable"),
+    ("<无法验证>", "unverifiable"),
+    ("contradictory or unverifiable", None),  # two verdicts, no tag: not guessed
+    ("<Contradictory> <Unverifiable>", None),
+    ("I cannot tell.", None),
+])
+def test_find_marker(reply, expected):
+    from maskdpo_cli.annotators.anah_v2 import JUDGE_MARKERS
+
+    assert find_marker(reply, JUDGE_MARKERS) == expected
+
+
+def test_unknown_annotator_lists_the_choices():
+    with pytest.raises(MaskDPOError, match="anah-v2, world:DIR"):
+        make_annotator("gpt-judge", JudgeConfig())
