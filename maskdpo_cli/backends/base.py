@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 Messages = list[dict[str, str]]
+# Told (new tokens, newly finished responses) as generation goes, for progress bars.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,19 @@ class GenerationParams:
         return asdict(self)
 
 
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from parts (a seed, a question id, a sample index); stable across runs and
+    machines, unlike hash()."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 class Backend(Protocol):
     name: str
+    batch_size: int  # sequences decoded together; `sample` sizes its waves by it
 
     def generate(self, prompts: list[Messages], params: GenerationParams,
-                 seeds: list[int]) -> list[list[str]]:
+                 seeds: list[int], on_progress: Optional[Progress] = None) -> list[list[str]]:
         """`params.n` responses per chat prompt; `seeds[i]` makes prompt i's responses reproducible."""
         ...
 

@@ -1,0 +1,85 @@
+"""The embedded world's oracle: `--annotator world:DIR` labels sentences exactly.
+
+Each sentence is parsed with the world's own grammar (maskdpo_cli.world.grammar, the
+module that also rendered the corpus) into (entity, attribute, value) facts, and the
+facts are checked against world.json. Decisions, all of them:
+
+- Empty text, text without a letter or digit, and the grammar's filler sentences
+  ("Many people admire her.", "I hope this helps.") state no fact: `nofact`, whoever
+  they name.
+- Every parsed fact true for its entity: `ok`.
+- Any parsed fact whose value differs from the entity's value: `contradictory` (this wins
+  over unverifiable in a sentence with several facts: one false claim makes it false).
+- A fact about a name the world does not know, a fact about an attribute the world has no
+  value for (entities without a known residence or language), or a pronoun with no entity
+  to resolve to: `unverifiable`.
+- Text the grammar cannot parse (garbled, truncated mid-template, off-grammar) looks
+  like an attempt at a fact that cannot be checked: `unverifiable`. No other heuristics.
+- Pronouns (she/he/her/his/him) resolve to the entity the question asks about: the
+  record's "entity" key when present (world questions carry it), else the name parsed
+  from the question with the world's question templates. The pronoun's gender is not
+  checked: gender is not one of the world's attributes.
+- A fact about another known entity, named in full, is checked against that entity.
+Values compare exactly (after collapsing whitespace); the article before an occupation
+is grammar, not part of the value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from maskdpo_cli.world import grammar
+from maskdpo_cli.world.generator import load_world
+
+_HAS_CONTENT = re.compile(r"[A-Za-z0-9]")
+
+
+class WorldAnnotator:
+    """Labels sentences against a world directory's facts (see the module docstring)."""
+
+    name = "world"
+
+    def __init__(self, world_dir: str | Path) -> None:
+        self.world_dir = str(world_dir)
+        world = load_world(world_dir)
+        self.seed = world["seed"]
+        self.facts: dict[str, dict[str, str]] = {e["name"]: e["facts"] for e in world["entities"]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "world": self.world_dir, "seed": self.seed, "entities": len(self.facts)}
+
+    def entity_of(self, record: dict[str, Any]) -> str | None:
+        """The entity pronouns refer to: the record's "entity", else the one its question names."""
+        name = record.get("entity")
+        if isinstance(name, str) and name:
+            return name
+        question = record.get("question")
+        return grammar.parse_question(question) if isinstance(question, str) else None
+
+    def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
+        entity = self.entity_of(record)
+        return [self.label_sentence(s, entity) for s in sentences]
+
+    def label_sentence(self, sentence: str, entity: str | None) -> str:
+        if not _HAS_CONTENT.search(sentence):
+            return "nofact"
+        facts = grammar.parse(sentence)
+        if facts is None:
+            return "unverifiable"
+        if not facts:
+            return "nofact"
+        verdicts = [self._check(f, entity) for f in facts]
+        if "contradictory" in verdicts:
+            return "contradictory"
+        if "unverifiable" in verdicts:
+            return "unverifiable"
+        return "ok"
+
+    def _check(self, fact: grammar.Fact, entity: str | None) -> str:
+        name = fact.name or entity
+        known = self.facts.get(name) if name else None
+        if known is None or fact.attribute not in known:
+            return "unverifiable"
+        return "ok" if grammar.normalize(fact.value) == known[fact.attribute] else "contradictory"

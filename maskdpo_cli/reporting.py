@@ -1,0 +1,302 @@
+"""`maskdpo report` and the results tables: eval summaries and training logs as a page.
+
+Inputs are `maskdpo eval -o DIR` folders (one summary.json per model; a single model
+folder works too) and `maskdpo train --work-dir W` folders (W/train_log.jsonl, one record
+per step with loss, reward_acc and reward_margin). The output folder gets report.html
+(self-contained: the plots are embedded as data URIs), report.md, and the PNG plots the
+markdown links to. matplotlib runs headless (Agg) and is imported only here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.progress import stderr
+
+TRAIN_LOG = "train_log.jsonl"
+SUMMARY = "summary.json"
+RESULTS = "results.json"  # the eval's model order (baseline first), written by run_eval
+TRAIN_METRICS = (("loss", "loss"), ("reward_acc", "reward accuracy"), ("reward_margin", "reward margin"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file through a temp file and a rename: complete or untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise MaskDPOError(f"{path}: cannot write ({err.strerror})") from None
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- the results table
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) side by side; the first model is the baseline of the deltas."""
+    best_of = sorted({int(n) for s in summaries for n in s.get("best_of", {})})
+    headers = ["model", "questions", "reps", "# correct", "# incorrect", "empty", "% score", "sd"]
+    if len(summaries) > 1:
+        headers.append(f"Δ vs {summaries[0]['name']}")
+    headers += [f"best-of-{n}" for n in best_of]
+    base = summaries[0].get("score") if summaries else None
+    rows = []
+    for s in summaries:
+        row = [s["name"], str(s["questions"]), str(s["replications"]), _num(s["correct"], 1),
+               _num(s["incorrect"], 1), _num(s.get("empty"), 1), _num(s["score"]), _num(s["score_sd"])]
+        if len(summaries) > 1:
+            delta = None if s["score"] is None or base is None else s["score"] - base
+            row.append("-" if delta is None else f"{delta:+.2f}")
+        row += [_num(s.get("best_of", {}).get(str(n))) for n in best_of]
+        rows.append(row)
+    return headers, rows
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    cells = lambda values: "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"  # noqa: E731
+    return "\n".join([cells(headers), "|" + "---|" * len(headers), *map(cells, rows)]) + "\n"
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    # Redirected stderr defaults to 80 columns, which would squeeze a wide table into ellipses.
+    console = stderr if stderr.is_terminal else Console(stderr=True, width=200)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- reading the inputs
+
+
+@dataclass
+class TrainingRun:
+    name: str
+    steps: list[dict[str, Any]]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaskDPOError(f"{path}: not a readable JSON file ({err}); rerun the command that wrote it") from None
+
+
+def read_eval_dir(path: Path) -> list[dict[str, Any]]:
+    """The summaries of an eval output dir in the eval's order (or one model folder's own)."""
+    if (path / SUMMARY).is_file():
+        return [_read_json(path / SUMMARY)]
+    if (path / RESULTS).is_file():
+        folders = [path / name for name in _read_json(path / RESULTS)["models"]]
+    else:
+        folders = sorted(p.parent for p in path.glob(f"*/{SUMMARY}"))
+    return [_read_json(folder / SUMMARY) for folder in folders if (folder / SUMMARY).is_file()]
+
+
+def read_train_log(path: Path) -> list[dict[str, Any]]:
+    """Steps of a train_log.jsonl; a torn last line (a run still writing) is skipped, not fatal."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    steps = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            steps.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise MaskDPOError(f"{path}:{i + 1}: not valid JSON") from None
+    return steps
+
+
+def load_inputs(inputs: list[str]) -> tuple[list[dict[str, Any]], list[TrainingRun]]:
+    """(eval summaries, training runs) from the given folders; exit 2 for one that is neither."""
+    summaries: list[dict[str, Any]] = []
+    runs: list[TrainingRun] = []
+    for given in inputs:
+        path = Path(given)
+        if not path.is_dir():
+            raise MaskDPOError(f"{given}: no such directory; pass eval output dirs (maskdpo eval -o DIR) "
+                               "and training work dirs (maskdpo train --work-dir W)")
+        if (path / TRAIN_LOG).is_file():
+            steps = read_train_log(path / TRAIN_LOG)
+            if not steps:
+                raise MaskDPOError(f"{given}: {TRAIN_LOG} has no steps yet; pass the work dir of a "
+                                   "training run that has logged at least one step")
+            runs.append(TrainingRun(path.name, steps))
+            continue
+        found = read_eval_dir(path)
+        if not found:
+            raise MaskDPOError(
+                f"{given}: neither {TRAIN_LOG} (what `maskdpo train --work-dir {given}` logs) nor any "
+                f"{SUMMARY} (what `maskdpo eval -o {given}` writes per model); pass a training work dir "
+                "with logs or an eval output dir")
+        summaries += found
+    _unique_labels(summaries)
+    return summaries, runs
+
+
+def _unique_labels(summaries: list[dict[str, Any]]) -> None:
+    """Models from several eval dirs may share a folder name: number the repeats."""
+    seen: dict[str, int] = {}
+    for s in summaries:
+        name = s.get("name") or Path(str(s.get("model", "model"))).name
+        seen[name] = seen.get(name, 0) + 1
+        s["name"] = name if seen[name] == 1 else f"{name} ({seen[name]})"
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _figure(width: float = 6.4, height: float = 3.6, ncols: int = 1) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scores(summaries: list[dict[str, Any]], path: Path) -> Path:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    names = [s["name"] for s in summaries]
+    scores = [s["score"] or 0.0 for s in summaries]
+    ax.bar(names, scores, yerr=[s["score_sd"] or 0.0 for s in summaries], capsize=6, color="tab:blue")
+    for x, score in enumerate(scores):
+        ax.annotate(f"{score:.1f}", (x, score), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
+    ax.set_ylabel("factuality score (%)")
+    ax.set_title("score per model (error bars: sd over replications)")
+    ax.set_ylim(0, max(100.0, max(scores, default=0) * 1.1))
+    return _save(fig, path)
+
+
+def plot_counts(summaries: list[dict[str, Any]], path: Path) -> Path:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    xs = range(len(summaries))
+    width = 0.4
+    for shift, key, color in ((-width / 2, "correct", "tab:green"), (width / 2, "incorrect", "tab:red")):
+        ax.bar([x + shift for x in xs], [s[key] for s in summaries], width, label=f"# {key}", color=color)
+    ax.set_xticks(list(xs), [s["name"] for s in summaries])
+    ax.set_ylabel("sentences (mean over replications)")
+    ax.set_title("hallucination-free vs hallucinated sentences")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_best_of(summaries: list[dict[str, Any]], path: Path) -> Path:
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for s in summaries:
+        points = sorted((int(n), score) for n, score in s.get("best_of", {}).items() if score is not None)
+        if points:
+            ax.plot([n for n, _ in points], [v for _, v in points], marker="o", label=s["name"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (responses per question)")
+    ax.set_ylabel("factuality score (%)")
+    ax.set_title("best-of-N")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_training(runs: list[TrainingRun], path: Path) -> Path:
+    fig, axes = _figure(width=13, height=3.6, ncols=len(TRAIN_METRICS))
+    for ax, (key, label) in zip(axes[0], TRAIN_METRICS):
+        for run in runs:
+            points = [(s["step"], s[key]) for s in run.steps if s.get(key) is not None and "step" in s]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=run.name)
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.legend()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def _training_table(runs: list[TrainingRun]) -> tuple[list[str], list[list[str]]]:
+    headers = ["work dir", "steps", "final loss", "final reward acc", "final margin"]
+    rows = [[r.name, str(r.steps[-1].get("step", len(r.steps)))]
+            + [_num(r.steps[-1].get(key), 4) for key, _ in TRAIN_METRICS] for r in runs]
+    return headers, rows
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+          "th:first-child,td:first-child{text-align:left}img{max-width:100%;margin:1em 0}")
+
+
+def run_report(inputs: list[str], out_dir: str) -> str:
+    """Write report.html (self-contained), report.md and the PNG plots into out_dir; return the HTML path."""
+    if not inputs:
+        raise MaskDPOError("nothing to report; pass eval output dirs and/or training work dirs")
+    summaries, runs = load_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    sections: list[tuple[str, tuple[list[str], list[list[str]]] | None, list[Path]]] = []
+    if summaries:
+        plots = [plot_scores(summaries, out / "scores.png"), plot_counts(summaries, out / "counts.png")]
+        sections.append(("Factuality", results_table(summaries), plots))
+        if any(s.get("best_of") for s in summaries):
+            sections.append(("Best-of-N", None, [plot_best_of(summaries, out / "best_of.png")]))
+    if runs:
+        sections.append(("Training", _training_table(runs), [plot_training(runs, out / "training.png")]))
+
+    md = ["# Mask-DPO report\n"]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>Mask-DPO report</title>"
+            f"<style>{_STYLE}</style></head><body><h1>Mask-DPO report</h1>"]
+    for title, table, images in sections:
+        md.append(f"\n## {title}\n")
+        page.append(f"<h2>{html.escape(title)}</h2>")
+        if table is not None:
+            md.append("\n" + markdown_table(*table))
+            page.append(_html_table(*table))
+        for image in images:
+            md.append(f"\n![{image.stem}]({image.name})\n")
+            data = base64.b64encode(image.read_bytes()).decode("ascii")
+            page.append(f"<img alt='{image.stem}' src='data:image/png;base64,{data}'>")
+    page.append("</body></html>")
+    write_text_atomic(out / "report.md", "".join(md))
+    write_text_atomic(out / "report.html", "\n".join(page) + "\n")
+    return str(out / "report.html")
+
+
+__all__ = ["run_report", "load_inputs", "results_table", "markdown_table", "print_table",
+           "write_text_atomic", "write_json_atomic", "read_train_log", "TrainingRun"]
