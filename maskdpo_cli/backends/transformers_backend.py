@@ -2,8 +2,9 @@
 
 Why not `model.generate`: it keeps finished rows in the batch, prefills every one of the
 K copies of a prompt, concatenates the whole KV cache at every step, and (transformers
-4.48) copies every key/value head group-fold before attention. On a CPU those copies cost
-more than the model itself once a batch holds a few thousand cached tokens. This loop:
+4.48) repeats every key/value head once per query group before attention. On a CPU those
+copies cost more than the model itself once a batch holds a few thousand cached tokens.
+This loop:
 
 - prefills each distinct prompt once and copies its cache into its K rows;
 - writes the KV cache in place into buffers sized for the whole batch up front;

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,12 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-FULL = {"vocab_size": 1024, "hidden_size": 192, "intermediate_size": 512, "layers": 4, "heads": 4,
-        "steps": 1200, "batch_size": 32, "lr": 3e-3}
-QUICK = {"vocab_size": 768, "hidden_size": 128, "intermediate_size": 384, "layers": 2, "heads": 4,
-         "steps": 300, "batch_size": 32, "lr": 4e-3}
+# The default length is counted in epochs over the corpus, not steps: how well the model
+# knows a person is set by how often the corpus mentions them (the world's popularity
+# tail), so a bigger or smaller world keeps the same head-known, tail-blurred shape.
+FULL = {"vocab_size": 768, "hidden_size": 128, "intermediate_size": 384, "layers": 2, "heads": 4,
+        "epochs": 2.0, "batch_size": 32, "lr": 4e-3}
+QUICK = dict(FULL, max_steps=200)  # the quick world is smaller; this caps a quick run on a big one
 MAX_LEN = 192
 
 
@@ -86,6 +91,18 @@ def _batch(encoded: list[tuple[list[int], int]], pad_id: int) -> tuple[Any, Any,
     return input_ids, attention, labels
 
 
+def _epoch_batches(rng: random.Random, lengths: list[int], batch_size: int) -> list[list[int]]:
+    """One epoch of batches; examples of similar length share a batch so little is padding."""
+    order = rng.sample(range(len(lengths)), len(lengths))
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def _lr(step: int, steps: int, peak: float) -> float:
     warmup = max(1, steps // 20)
     if step < warmup:
@@ -106,6 +123,21 @@ def _model(cfg: dict[str, Any], tokenizer: Any) -> Any:
     return LlamaForCausalLM(config)
 
 
+def _save(model: Any, tokenizer: Any, out: Path) -> None:
+    """Save next to out, then move the files in with config.json last: a directory that has a
+    config.json is complete, even after a crash mid-save."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (out / "config.json").unlink(missing_ok=True)
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == "config.json"):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: int = 0,
              quick: bool = False) -> dict[str, Any]:
     """Train the world's policy from scratch and save it as an HF directory in out_dir."""
@@ -115,7 +147,8 @@ def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: in
     world = load_world(world_dir)
     corpus = [rec for _, rec in read_jsonl(Path(world_dir) / "corpus.jsonl")]
     cfg = dict(QUICK if quick else FULL)
-    steps = cfg["steps"] if steps is None else steps
+    if steps is None:
+        steps = min(math.ceil(cfg["epochs"] * len(corpus) / cfg["batch_size"]), cfg.get("max_steps", 10**9))
     if steps < 1:
         raise MaskDPOError("--steps must be at least 1")
     torch.set_num_threads(2)
@@ -129,15 +162,15 @@ def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: in
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.98), weight_decay=0.01)
 
-    order: list[int] = []
+    lengths = [len(ids) for ids, _ in encoded]
+    batches: list[list[int]] = []
     losses: list[float] = []
     with progress_bar("steps") as bar:
         task = bar.add_task("pretrain", total=steps, info="")
         for step in range(steps):
-            if len(order) < cfg["batch_size"]:  # epoch boundary: reshuffle
-                order += rng.sample(range(len(encoded)), len(encoded))
-            picked, order = order[:cfg["batch_size"]], order[cfg["batch_size"]:]
-            input_ids, attention, labels = _batch([encoded[i] for i in picked], tokenizer.pad_token_id)
+            if not batches:
+                batches = _epoch_batches(rng, lengths, cfg["batch_size"])
+            input_ids, attention, labels = _batch([encoded[i] for i in batches.pop()], tokenizer.pad_token_id)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, steps, cfg["lr"])
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
@@ -149,12 +182,10 @@ def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: in
             bar.update(task, advance=1, info=f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    _save(model, tokenizer, out)
     summary = {
         "dir": str(out), "world_seed": world["seed"], "seed": seed, "quick": quick, "steps": steps,
         "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),

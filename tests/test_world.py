@@ -1,0 +1,171 @@
+"""The embedded world: a deterministic generator, a grammar that round-trips, an exact oracle, a loadable policy."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from maskdpo_cli.annotators.world import WorldAnnotator
+from maskdpo_cli.jsonl import read_jsonl
+from maskdpo_cli.records import LABELS, read_records
+from maskdpo_cli.world import grammar, make_world
+from maskdpo_cli.world.generator import render_biography
+
+SIZE = {"n_topics": 4, "entities_per_topic": 4, "bios_per_entity": 3}
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    make_world(11, str(out), **SIZE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(world_dir) -> dict:
+    return json.loads((world_dir / "world.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def oracle(world_dir) -> WorldAnnotator:
+    return WorldAnnotator(world_dir)
+
+
+def full_entity(world: dict) -> dict:
+    return next(e for e in world["entities"] if set(e["facts"]) == set(grammar.ATTRIBUTES))
+
+
+def test_make_world_is_deterministic(tmp_path, world_dir):
+    make_world(11, str(tmp_path), **SIZE)
+    for name in ("world.json", "corpus.jsonl", "train_questions.jsonl", "test_questions.jsonl"):
+        assert (tmp_path / name).read_bytes() == (world_dir / name).read_bytes(), name
+    make_world(12, str(tmp_path / "other"), **SIZE)
+    assert (tmp_path / "other" / "world.json").read_bytes() != (world_dir / "world.json").read_bytes()
+
+
+def test_questions_split_by_topic_and_follow_the_contract(world_dir, world):
+    train = read_records(world_dir / "train_questions.jsonl", "questions")
+    test = read_records(world_dir / "test_questions.jsonl", "questions")
+    assert train and test
+    assert not {q["topic"] for q in train} & {q["topic"] for q in test}
+    assert len(train) + len(test) == len(world["entities"])
+    for q in train + test:
+        assert q["language"] == "en" and grammar.parse_question(q["question"]) == q["entity"]
+
+
+def test_every_document_parses_back_to_the_true_facts(world_dir, world):
+    truth = {e["name"]: e["facts"] for e in world["entities"]}
+    for part in ("train", "test"):
+        for _, q in read_jsonl(world_dir / f"{part}_questions.jsonl"):
+            parsed = {}
+            for sentence in q["document"].split(". "):
+                facts = grammar.parse(sentence if sentence.endswith(".") else sentence + ".")
+                assert facts, sentence
+                for f in facts:
+                    assert f.name == q["entity"]
+                    parsed[f.attribute] = f.value
+            assert parsed == truth[q["entity"]]
+
+
+def test_topics_share_attributes(world):
+    by_topic: dict[str, list[dict]] = {}
+    for e in world["entities"]:
+        by_topic.setdefault(e["topic"], []).append(e["facts"])
+    for members in by_topic.values():
+        assert len({f["occupation"] for f in members}) <= 2
+        assert len({f["birthplace"] for f in members}) <= 3
+
+
+@pytest.mark.parametrize("index", range(len(grammar.FACT_TEMPLATES)))
+@pytest.mark.parametrize("use_name", [True, False])
+def test_every_template_round_trips_and_is_ok(world, oracle, index, use_name):
+    attrs, template = grammar.FACT_TEMPLATES[index]
+    e = full_entity(world)
+    sentence = grammar.render(template, e["name"], e["gender"], e["facts"], use_name=use_name)
+    facts = grammar.parse(sentence)
+    assert [(f.name, f.attribute, f.value) for f in facts] == [
+        (e["name"] if use_name else None, a, e["facts"][a]) for a in attrs]
+    assert oracle.label({"question": f"Who is {e['name']}?"}, [sentence]) == ["ok"]
+
+
+def test_wrong_values_are_contradictory(world, oracle):
+    e = full_entity(world)
+    other = next(x for x in world["entities"]
+                 if all(x["facts"].get(a) != e["facts"][a] for a in ("birthplace", "occupation", "known_for")))
+    rec = {"entity": e["name"], "question": f"Tell me about {e['name']}."}
+    wrong = dict(e["facts"], birthplace=other["facts"]["birthplace"], occupation=other["facts"]["occupation"],
+                 known_for=other["facts"]["known_for"], birth_year=str(int(e["facts"]["birth_year"]) + 100))
+    for attrs, template in grammar.FACT_TEMPLATES:
+        if set(attrs) & {"birthplace", "birth_year", "occupation", "known_for"}:
+            sentence = grammar.render(template, e["name"], e["gender"], wrong, use_name=False)
+            assert oracle.label(rec, [sentence]) == ["contradictory"], sentence
+    # One wrong fact makes a two-fact sentence contradictory.
+    mixed = dict(e["facts"], birth_year=str(int(e["facts"]["birth_year"]) + 1))
+    sentence = grammar.render("{S} was born in {birthplace} in {birth_year}.", e["name"], e["gender"], mixed)
+    assert oracle.label(rec, [sentence]) == ["contradictory"]
+    assert oracle.label(rec, [f"{e['name']} speaks Nonexistish."]) == ["contradictory"]
+
+
+def test_unknown_entities_missing_attributes_and_garble_are_unverifiable(world, oracle):
+    e = full_entity(world)
+    rec = {"question": f"Who is {e['name']}?"}  # no "entity" key: resolved from the question
+    sentences = ["Zorbo Quaxley was born in 1700.", "Zorbo Quaxley's hometown is Nowhere.",
+                 f"{e['name']} was born in in {e['facts']['birth_year']}.", "She was a friend of kings.",
+                 f"{e['name']} was born"]
+    assert oracle.label(rec, sentences) == ["unverifiable"] * len(sentences)
+    missing = next((x for x in world["entities"] if "language" not in x["facts"]), None)
+    if missing is not None:
+        assert oracle.label({"entity": missing["name"]}, ["She speaks Orvish."]) == ["unverifiable"]
+    # A pronoun with nobody to refer to cannot be checked.
+    assert oracle.label({"question": "What is the weather like?"}, ["She lives in Vale."]) == ["unverifiable"]
+
+
+def test_sentences_without_facts_are_nofact(world, oracle):
+    e = full_entity(world)
+    rec = {"entity": e["name"], "question": f"Who is {e['name']}?"}
+    fillers = [grammar.render(t, e["name"], e["gender"], e["facts"], use_name=u)
+               for t in grammar.FILLER_TEMPLATES for u in (True, False)]
+    assert oracle.label(rec, fillers + ["", "  ", "...", "Many people admire Zorbo Quaxley."]) == ["nofact"] * (len(fillers) + 4)
+
+
+def test_pronouns_resolve_to_the_question_entity_and_names_to_themselves(world, oracle):
+    a, b = world["entities"][0], world["entities"][1]
+    rec = {"entity": a["name"], "question": f"Who is {a['name']}?"}
+    assert oracle.label(rec, [f"She was born in {a['facts']['birth_year']}.",
+                              f"{b['name']} was born in {b['facts']['birth_year']}."]) == ["ok", "ok"]
+
+
+def test_biographies_label_only_ok_or_nofact(world, oracle):
+    rng = random.Random(0)
+    for e in world["entities"]:
+        bio = render_biography(rng, e)
+        sentences = [s if s.endswith(".") else s + "." for s in bio.split(". ")]
+        labels = oracle.label({"entity": e["name"]}, sentences)
+        assert set(labels) <= {"ok", "nofact"} and set(labels) <= set(LABELS), (bio, labels)
+    assert oracle.describe()["name"] == "world"
+
+
+def test_quick_pretrain_gives_a_loadable_chat_model(world_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maskdpo_cli.world import pretrain
+
+    summary = pretrain(str(world_dir), str(tmp_path / "policy"), steps=4, quick=True)
+    assert summary["steps"] == 4
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    assert tokenizer.is_fast and tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id == 0
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Who is Ada Lovelace?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nWho is Ada Lovelace?<|im_end|>\n<|im_start|>assistant\n"
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    assert enc["input_ids"][0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for (start, end), token in zip(enc["offset_mapping"], enc["input_ids"]):
+        assert tokenizer.decode([token]) == text[start:end]
+    out = model.generate(**tokenizer(text, return_tensors="pt", add_special_tokens=False), max_new_tokens=3,
+                         do_sample=False)
+    assert out.shape[1] <= len(enc["input_ids"]) + 3
