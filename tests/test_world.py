@@ -12,7 +12,7 @@ from maskdpo_cli.annotators.world import WorldAnnotator
 from maskdpo_cli.jsonl import read_jsonl
 from maskdpo_cli.records import LABELS, read_records
 from maskdpo_cli.world import grammar, make_world
-from maskdpo_cli.world.generator import render_biography
+from maskdpo_cli.world.generator import CITIES_PER_REGION, YEAR_SPAN, render_biography
 
 SIZE = {"n_topics": 4, "entities_per_topic": 4, "bios_per_entity": 3}
 
@@ -76,7 +76,9 @@ def test_topics_share_attributes(world):
         by_topic.setdefault(e["topic"], []).append(e["facts"])
     for members in by_topic.values():
         assert len({f["occupation"] for f in members}) <= 2
-        assert len({f["birthplace"] for f in members}) <= 3
+        assert len({f["birthplace"] for f in members}) <= CITIES_PER_REGION
+        years = [int(f["birth_year"]) for f in members]
+        assert max(years) - min(years) <= YEAR_SPAN
 
 
 @pytest.mark.parametrize("index", range(len(grammar.FACT_TEMPLATES)))

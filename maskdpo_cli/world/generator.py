@@ -9,9 +9,16 @@ topics, and test topics have train-topic neighbours. Names are composed of sylla
 members of a topic share a surname ending. `residence` and `language` are known for only
 some entities: a model that states them for the others is unverifiable, as in ANAH.
 
-Outputs (world make): world.json (every fact), corpus.jsonl (chat examples: a question and
-a biography rendered with random templates, the pretraining data), train_questions.jsonl
-and test_questions.jsonl (one question per entity, split by topic).
+How well the pretrained model knows a person is set by popularity, as for real LLMs: each
+person gets between 1/8x and 2x `bios_per_entity` biographies in the corpus, so the head
+is known, the long tail blurs into its topic's look-alikes. A large population (512 people
+by default) lets the grammar be learned from the whole corpus while each person is seen
+only a few dozen times; questions ask about a sample of each topic (`questions_per_topic`).
+
+Outputs (world make): world.json (every fact, plus each person's `corpus_bios`),
+corpus.jsonl (chat examples: a question and a biography rendered with random templates,
+the pretraining data; every person, test topics included, is in it), train_questions.jsonl
+and test_questions.jsonl (split by topic: no topic in both).
 """
 
 from __future__ import annotations
@@ -197,12 +204,15 @@ def _write_corpus(rng: random.Random, entities: list[dict[str, Any]], path: Path
 
 def _write_questions(rng: random.Random, entities: list[dict[str, Any]], topics: list[dict[str, Any]],
                      per_topic: int, out: Path, seed: int) -> dict[str, int]:
-    # Questions ask about a random sample of each topic's people, head and tail alike; the
+    # Questions ask about people spread evenly over each topic's popularity ranking, so every
+    # question file mixes head and tail alike and scores vary less from seed to seed; the
     # rest of the population is still in the corpus and known to the oracle.
     asked = []
     for t in topics:
         members = [e for e in entities if e["topic"] == t["name"]]
-        picked = {id(e) for e in rng.sample(members, min(per_topic, len(members)))}
+        ranked = sorted(members, key=lambda e: e["corpus_bios"])
+        k = min(per_topic, len(members))
+        picked = {id(ranked[int((i + 0.5) * len(ranked) / k)]) for i in range(k)}
         asked += [e for e in members if id(e) in picked]
     split = {t["name"]: t["split"] for t in topics}
     counts = {}

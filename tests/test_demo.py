@@ -1,0 +1,40 @@
+"""`maskdpo demo --quick` end to end on the embedded world: the main job, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
+
+
+def test_quick_demo_runs_end_to_end_and_resumes(tmp_path: Path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(MASKDPO + ["demo", "--quick", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == ""  # records and tables never go to stdout
+
+    table = (out / "RESULTS.md").read_text()
+    rows = [line for line in table.splitlines() if re.match(r"\| (base|dpo|maskdpo) \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["base", "dpo", "maskdpo"]
+    for row in rows:
+        score = float(row.split("|")[4].split("±")[0])
+        assert 0.0 <= score <= 100.0
+    for name in ("base", "dpo", "maskdpo"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["questions"] > 0 and summary["replications"] == len(summary["per_replication"])
+        total = summary["correct"] + summary["incorrect"]
+        assert abs(summary["score"] - 100 * summary["correct"] / total) < 1e-6
+    assert (out / "report" / "report.html").stat().st_size > 1000
+    for name in ("maskdpo", "dpo"):
+        assert (out / "runs" / name / "hf" / "config.json").is_file()
+
+    # A rerun reuses everything already done: nothing is trained again, the table is the same.
+    trained = (out / "runs" / "maskdpo" / "hf" / "config.json").stat().st_mtime_ns
+    proc = subprocess.run(MASKDPO + ["demo", "--quick", "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "runs" / "maskdpo" / "hf" / "config.json").stat().st_mtime_ns == trained
+    assert (out / "RESULTS.md").read_text() == table
