@@ -54,6 +54,9 @@ def test_questions_split_by_topic_and_follow_the_contract(world_dir, world):
     assert len(train) + len(test) == len(world["entities"])
     for q in train + test:
         assert q["language"] == "en" and grammar.parse_question(q["question"]) == q["entity"]
+    # Held-out topics are held out from alignment, not from pretraining: everyone is in the corpus.
+    in_corpus = {ex["entity"] for _, ex in read_jsonl(world_dir / "corpus.jsonl")}
+    assert in_corpus == {e["name"] for e in world["entities"]}
 
 
 def test_every_document_parses_back_to_the_true_facts(world_dir, world):

@@ -1,11 +1,21 @@
-"""The embedded world: fictional people, a biography corpus, a tiny policy, an exact oracle."""
+"""The embedded world: fictional people, a biography corpus, a tiny policy, an exact oracle.
+
+generator.py makes the world, grammar.py renders and parses its sentences, pretrain.py
+trains its policy; the oracle is maskdpo_cli.annotators.world.WorldAnnotator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from maskdpo_cli.world.generator import load_world, make_world
 
 __all__ = ["make_world", "load_world", "pretrain"]
 
 
-def pretrain(*args, **kwargs):  # imported lazily: torch is slow to import
+def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: int = 0,
+             quick: bool = False) -> dict[str, Any]:
+    """See maskdpo_cli.world.pretrain.pretrain; imported on call because torch is slow to import."""
     from maskdpo_cli.world.pretrain import pretrain as _pretrain
 
-    return _pretrain(*args, **kwargs)
+    return _pretrain(world_dir, out_dir, steps=steps, seed=seed, quick=quick)

@@ -4,9 +4,10 @@ The result is an ordinary HF directory (config.json, model.safetensors, a fast b
 BPE tokenizer with a ChatML chat template, generation_config.json with <|im_end|> as eos),
 so `maskdpo sample`, `train` (XTuner) and `eval` load it like any chat model.
 
-It is meant to know the world imperfectly: small and briefly trained, it learns each
-topic's shared attributes quickly and the entity-specific ones only partly, so at
-temperature 0.8 it mixes up neighbours. Loss is on the assistant's answer only, like
+It is meant to know the world imperfectly: it learns each topic's shared attributes
+quickly, and a person's own facts only as far as the corpus mentions them, so it knows
+the popular head and, at temperature 0.8, mixes up the long tail with its neighbours
+(factuality about 45-60% on test topics; see FULL below). Loss is on the assistant's answer only, like
 instruction tuning: the question is context, the biography is what it learns to say.
 """
 
@@ -34,12 +35,14 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# The default length is counted in epochs over the corpus, not steps: how well the model
-# knows a person is set by how often the corpus mentions them (the world's popularity
-# tail), so a bigger or smaller world keeps the same head-known, tail-blurred shape.
+# The default length is 2 epochs over the corpus: how well the model knows a person is set
+# by how often the corpus mentions them (the world's popularity tail), so any world size
+# keeps the same head-known, tail-blurred shape. The grammar itself needs about 300 steps
+# whatever the world, hence the floor. Measured on worlds of seeds 7 and 8 (T=0.8, test
+# topics): full world 387 steps, 51%; quick world 300 steps, 58% and 56%.
 FULL = {"vocab_size": 768, "hidden_size": 128, "intermediate_size": 384, "layers": 2, "heads": 4,
-        "epochs": 2.0, "batch_size": 32, "lr": 4e-3}
-QUICK = dict(FULL, max_steps=200)  # the quick world is smaller; this caps a quick run on a big one
+        "epochs": 2.0, "min_steps": 300, "batch_size": 32, "lr": 4e-3}
+QUICK = dict(FULL, max_steps=300)  # the quick world is small anyway; this caps a quick run on a big one
 MAX_LEN = 192
 
 
@@ -148,7 +151,8 @@ def pretrain(world_dir: str, out_dir: str, *, steps: int | None = None, seed: in
     corpus = [rec for _, rec in read_jsonl(Path(world_dir) / "corpus.jsonl")]
     cfg = dict(QUICK if quick else FULL)
     if steps is None:
-        steps = min(math.ceil(cfg["epochs"] * len(corpus) / cfg["batch_size"]), cfg.get("max_steps", 10**9))
+        steps = max(cfg["min_steps"], math.ceil(cfg["epochs"] * len(corpus) / cfg["batch_size"]))
+        steps = min(steps, cfg.get("max_steps", steps))
     if steps < 1:
         raise MaskDPOError("--steps must be at least 1")
     torch.set_num_threads(2)
