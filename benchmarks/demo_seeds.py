@@ -1,44 +1,72 @@
 """RESULTS.md: the demo's table over several world seeds, with mean and spread.
 
-    .venv/bin/python benchmarks/demo_seeds.py --seeds 7 8 9 [--quick] -o runs/demo-seeds
+    .venv/bin/python benchmarks/demo_seeds.py --seeds 7 8 9 [--quick] -o runs/demo-seeds --results RESULTS.md
 
 Each seed runs `maskdpo demo --seed S` (the real command) into its own folder, so a rerun
-reuses what is done; the per-seed summaries are then combined into RESULTS.md.
+reuses what is done. The per-seed summaries are combined into two tables: the paper's
+(# correct, # incorrect, % score as mean ± sd over seeds) and the score of every seed.
+With --results FILE the tables replace the part of FILE between the markers below
+(appended when FILE has none), so the prose around them stays.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-MODELS = ("base", "dpo", "maskdpo")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from maskdpo_cli.demo import MODELS, load_summaries  # noqa: E402
+
+BEGIN, END = "<!-- demo_seeds: begin -->", "<!-- demo_seeds: end -->"
 
 
 def run(seed: int, out: Path, quick: bool) -> dict[str, dict]:
     folder = out / f"seed{seed}"
     cmd = [sys.executable, "-m", "maskdpo_cli.cli", "demo", "--seed", str(seed), "-o", str(folder)]
     subprocess.run(cmd + (["--quick"] if quick else []), check=True)
-    return {m: json.loads((folder / m / "summary.json").read_text()) for m in MODELS}
+    return load_summaries(folder)
 
 
-def table(results: dict[int, dict[str, dict]]) -> str:
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def tables(results: dict[int, dict[str, dict]], command: str) -> str:
     seeds = sorted(results)
-    lines = ["| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |",
-             "|---|" + "---:|" * (len(seeds) + 2)]
+    lines = [f"Command: `{command}`", "",
+             f"Mean ± sd over {len(seeds)} seeds (each seed: its own world, policy, pairs and training):", "",
+             "| model | # correct | # incorrect | % score |", "|---|---:|---:|---:|"]
     for m in MODELS:
-        scores = [results[s][m]["score"] for s in seeds]
-        sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        lines.append(f"| {m} | " + " | ".join(f"{x:.2f}" for x in scores)
-                     + f" | {statistics.mean(scores):.2f} | {sd:.2f} |")
-    wins = sum(results[s]["maskdpo"]["score"] > results[s]["dpo"]["score"] > results[s]["base"]["score"]
-               for s in seeds)
-    lines.append("")
-    lines.append(f"Paper ordering (Mask-DPO > DPO > base) holds on {wins} of {len(seeds)} seeds.")
+        lines.append(f"| {m} | " + " | ".join(_mean_sd([results[s][m][key] for s in seeds])
+                                              for key in ("correct", "incorrect", "score")) + " |")
+    lines += ["", "Score of each seed (± sd over that seed's eval replications):", "",
+              "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    for m in MODELS:
+        lines.append(f"| {m} | " + " | ".join(f"{results[s][m]['score']:.2f} ± {results[s][m]['score_sd']:.2f}"
+                                              for s in seeds) + " |")
+    gaps = [results[s]["maskdpo"]["score"] - results[s]["dpo"]["score"] for s in seeds]
+    above_base = sum(min(results[s]["maskdpo"]["score"], results[s]["dpo"]["score"]) > results[s]["base"]["score"]
+                     for s in seeds)
+    holds = sum(results[s]["maskdpo"]["score"] > results[s]["dpo"]["score"] > results[s]["base"]["score"]
+                for s in seeds)
+    lines += ["", f"Mask-DPO minus DPO: {_mean_sd(gaps)} points; both above base on {above_base} of "
+              f"{len(seeds)} seeds; the paper's ordering (Mask-DPO > DPO > base) on {holds} of {len(seeds)}."]
     return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    section = f"{BEGIN}\n{body}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def main() -> None:
@@ -46,10 +74,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-o", "--output", default="runs/demo-seeds")
+    parser.add_argument("--results", type=Path, help="Markdown file whose demo_seeds section is (re)written.")
     args = parser.parse_args()
     out = Path(args.output)
     results = {s: run(s, out, args.quick) for s in args.seeds}
-    print(table(results))
+    command = ("python benchmarks/demo_seeds.py --seeds " + " ".join(map(str, args.seeds))
+               + (" --quick" if args.quick else ""))
+    body = tables(results, command)
+    print(body)
+    if args.results:
+        write_section(args.results, body)
 
 
 if __name__ == "__main__":

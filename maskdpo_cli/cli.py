@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input or usage, 1 internal failure.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.progress import stderr
@@ -26,6 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+# OS errors that mean "the disk will not take it": full, over quota or size limit, read-only, denied.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 OUTPUT = typer.Option(None, "-o", "--output", help="Output file (default: stdout). '-' is stdout.")
 
@@ -122,7 +127,9 @@ def train(
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Tokens per sequence; longer are cut."),
     gpus: int = typer.Option(1, "--gpus", min=0, help="CUDA GPUs (one process each); 0 forces the CPU."),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero1|zero2|zero3|zero3_offload or a JSON file."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the work dir."),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", show_default=False,
+                                          help="Default: continue the same run's last checkpoint in the work dir, "
+                                          "refuse one with other settings. --no-resume starts over."),
     seed: int = typer.Option(0, help="Seed for data order and initialization."),
 ) -> None:
     """Train Mask-DPO (or DPO with --no-mask) through XTuner; the model lands in WORK_DIR/hf."""
@@ -260,12 +267,17 @@ def demo(
                  highlight=False)
 
 
+def _print_error(kind: str, message: str) -> None:
+    """One line on stderr; the message is literal text: it quotes input ("[/]", ":smile:") that rich must not render."""
+    stderr.print(f"[red]maskdpo: {kind}:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False)
+
+
 def main() -> None:
     """Entry point: turns errors into one line and the documented exit codes."""
     try:
         app()  # usage errors are Typer's: a message and exit code 2
     except MaskDPOError as err:
-        stderr.print(f"[red]maskdpo: error:[/] {err}", highlight=False, soft_wrap=True)
+        _print_error("error", str(err))
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted; rerun the same command to resume")
@@ -276,12 +288,23 @@ def main() -> None:
         sys.exit(0)
     except SystemExit:
         raise
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            _internal_error(err)
+        # A full or read-only disk (or a denied path) met where no write site said so itself:
+        # the user's to fix, so one line naming the path and the reason, not an internal error.
+        where = f"{err.filename}: " if err.filename else ""
+        _print_error("error", f"{where}{err.strerror}")
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - the last line of defence for exit code 1
-        if os.environ.get("MASKDPO_DEBUG"):
-            traceback.print_exc()
-        stderr.print(f"[red]maskdpo: internal error:[/] {type(err).__name__}: {err} "
-                     "(set MASKDPO_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _internal_error(err)
+
+
+def _internal_error(err: BaseException) -> None:
+    if os.environ.get("MASKDPO_DEBUG"):
+        traceback.print_exc()
+    _print_error("internal error", f"{type(err).__name__}: {err} (set MASKDPO_DEBUG=1 for the traceback)")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from maskdpo_cli.errors import InputError, MaskDPOError
-from maskdpo_cli.jsonl import atomic_output, display_name, read_jsonl
+from maskdpo_cli.jsonl import atomic_output, display_name, output_dir, read_jsonl, write_text_atomic
 from maskdpo_cli.progress import stderr
-from maskdpo_cli.records import VALIDATORS, Record
-from maskdpo_cli.reporting import print_table, write_text_atomic
+from maskdpo_cli.records import Record, validate_rows
+from maskdpo_cli.reporting import print_table
 
 MINILM_ALIAS = "all-minilm-l6-v2"
 EMBED_BATCH = 16
@@ -92,8 +92,8 @@ def read_topic_records(path: str) -> list[tuple[Record, str]]:
         raise InputError("no records; pass questions or pairs JSONL, one object per line", name)
     kind = "pairs" if "chosen" in rows[0][1] else "questions"
     out = []
-    for line, obj in rows:
-        rec = VALIDATORS[kind](obj, name, line)
+    # The raw object is what the splits carry; the validated record is only read for its topic.
+    for (line, obj), (_, rec) in zip(rows, validate_rows(rows, kind, name)):
         topic = topic_of(rec)
         if not topic:
             raise InputError("no topic, question or user message to embed", name, line, "topic")
@@ -194,8 +194,7 @@ def run_cluster(model: str, train: str, test: str, out_dir: str, *, embedder: st
     train_topics = list(dict.fromkeys(topic for _, topic in train_rows))
     test_topics = list(dict.fromkeys(topic for _, topic in test_rows))
     path, causal_lm = resolve_embedder(embedder, model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
 
     stderr.print(f"embedding {len(train_topics)} training and {len(test_topics)} test topics with {path}")
     vectors = embed_texts(train_topics + test_topics, path, causal_lm)

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from maskdpo_cli.jsonl import output_dir
 from maskdpo_cli.progress import stderr
 
 
@@ -48,13 +49,13 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
     from maskdpo_cli.backends import GenerationParams
     from maskdpo_cli.evaluation import run_eval
     from maskdpo_cli.pairing import run_pair
+    from maskdpo_cli.jsonl import write_text_atomic
     from maskdpo_cli.reporting import run_report
     from maskdpo_cli.sampling import run_sample
     from maskdpo_cli.training import run_train
     from maskdpo_cli.world import make_world, pretrain
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     world, policy = out / "world", out / "world" / "policy"
     annotator = f"world:{world}"
     judge = JudgeConfig()
@@ -86,7 +87,7 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
         stderr.print(run_train(str(out / "pairs.jsonl"), model=str(policy), work_dir=str(work),
                                recipe="tiny_cpu_maskdpo", use_mask=use_mask, beta=settings.beta,
                                epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                               gpus=0, resume=(work / "last_checkpoint").is_file(), seed=settings.seed),
+                               gpus=0, seed=settings.seed),
                      highlight=False)
 
     _stage("7/7 eval on held-out topics")
@@ -97,18 +98,29 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
              replications=settings.replications, params=eval_params, seed=settings.seed)
     run_report([str(out), str(out / "runs/maskdpo"), str(out / "runs/dpo")], str(out / "report"))
     table = results_table(out)
-    (out / "RESULTS.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(out / "RESULTS.md", table + "\n")
     return table
 
 
+MODELS = ("base", "dpo", "maskdpo")
+
+
+def load_summaries(out: Path) -> dict[str, dict]:
+    """The eval summary.json of each of the demo's three models."""
+    return {name: json.loads((out / name / "summary.json").read_text(encoding="utf-8")) for name in MODELS}
+
+
 def results_table(out: Path) -> str:
-    """The paper-style table (Table 1): # correct, # incorrect, % score, with standard deviations."""
-    rows = ["| model | # correct | # incorrect | % score |", "|---|---:|---:|---:|"]
-    for name in ("base", "dpo", "maskdpo"):
-        s = json.loads((out / name / "summary.json").read_text(encoding="utf-8"))
+    """The paper-style table (Table 1): # correct, # incorrect, % score, with standard deviations;
+    then how many correct sentences state no fact, and the score of the factual ones alone."""
+    rows = ["| model | # correct | # incorrect | % score | # no fact | % fact precision |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, s in load_summaries(out).items():
         sds = s.get("per_replication", [])
+        precision = s.get("fact_precision")
         rows.append(f"| {name} | {s['correct']:.1f}{_sd(sds, 'correct')} | {s['incorrect']:.1f}{_sd(sds, 'incorrect')} "
-                    f"| {s['score']:.2f} ± {s['score_sd']:.2f} |")
+                    f"| {s['score']:.2f} ± {s['score_sd']:.2f} | {s['labels']['nofact']:.1f} "
+                    f"| {'-' if precision is None else f'{precision:.2f}'} |")
     return "\n".join(rows)
 
 

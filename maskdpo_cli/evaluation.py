@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from maskdpo_cli.backends.base import GenerationParams
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.jsonl import atomic_output, display_name
+from maskdpo_cli.jsonl import atomic_output, display_name, output_dir, write_json_atomic, write_text_atomic
 from maskdpo_cli.progress import stderr
-from maskdpo_cli.records import Record, factuality_score, iter_records, read_records, sentence_counts
-from maskdpo_cli.reporting import (RESULTS, SUMMARY, markdown_table, print_table, results_table,
-                                   write_json_atomic, write_text_atomic)
+from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, read_records, sentence_counts
+from maskdpo_cli.reporting import RESULTS, SUMMARY, markdown_table, print_table, results_table
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
@@ -65,13 +64,20 @@ def percent(correct: float, incorrect: float) -> float | None:
 
 
 def tally(responses: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summed sentence counts of some annotated responses, with the empty ones counted apart."""
+    """Summed sentence counts of some annotated responses, with the empty ones counted apart.
+
+    `labels` counts each label: a score can rise by stating facts better (ok up) or by
+    stating fewer facts (nofact up), and only the labels tell which.
+    """
     correct = incorrect = empty = 0
+    labels = dict.fromkeys(LABELS, 0)
     for response in responses:
         c, i = response_counts(response)
         correct, incorrect, empty = correct + c, incorrect + i, empty + (c + i == 0)
+        for sentence in response["sentences"]:
+            labels[sentence["label"]] += 1
     return {"responses": len(responses), "correct": correct, "incorrect": incorrect, "empty": empty,
-            "score": percent(correct, incorrect)}
+            "score": percent(correct, incorrect), "labels": labels}
 
 
 def best_response(responses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,8 +104,12 @@ def aggregate(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     correct = _mean([t["correct"] for t in tallies])
     incorrect = _mean([t["incorrect"] for t in tallies])
     scores = [t["score"] for t in tallies if t["score"] is not None]
+    labels = {label: _mean([t["labels"][label] for t in tallies]) for label in LABELS}
+    # The score of the checkable claims alone: nofact sentences are neither right nor wrong.
+    fact_precision = percent(labels["ok"], labels["contradictory"] + labels["unverifiable"])
     return {"correct": correct, "incorrect": incorrect, "empty": _mean([t["empty"] for t in tallies]),
-            "score": percent(correct, incorrect), "score_sd": _sd(scores)}
+            "score": percent(correct, incorrect), "score_sd": _sd(scores), "labels": labels,
+            "fact_precision": fact_precision}
 
 
 def summarize(replicas: list[list[Record]], *, name: str, model: str,
@@ -221,8 +231,7 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str,
     for spec in specs:
         resolve_model(spec.model)  # a missing model fails now, not after the first one's hours
     params = replace(params or eval_params(best_of), n=responses_per_question(best_of))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     # The questions as evaluated, so stdin works and the folder says what it measured.
     with atomic_output(out / "questions.jsonl") as writer:
         writer.write_all(records)
@@ -247,8 +256,7 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
     from maskdpo_cli.annotation import run_annotate
     from maskdpo_cli.sampling import run_sample
 
-    folder = out / spec.name
-    folder.mkdir(exist_ok=True)
+    folder = output_dir(out / spec.name)
     replicas = []
     for r in range(replications):
         samples, annotated = folder / f"samples.r{r}.jsonl", folder / f"annotated.r{r}.jsonl"

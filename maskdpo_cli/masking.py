@@ -249,15 +249,19 @@ def run_masks(pairs: str, model: str, *, as_json: bool, use_mask: bool = True,
     from maskdpo_cli.progress import stderr
     from maskdpo_cli.records import iter_records
 
+    # Every pair is read and aligned before anything is printed: bad input prints nothing.
+    records = list(iter_records(pairs, "pairs"))
     tokenizer = load_tokenizer(resolve_model(model))
+    tokenized = []
+    for line, pair in records:
+        try:
+            tokenized.append(tokenize_pair(tokenizer, pair, max_length=max_length, use_mask=use_mask))
+        except InputError as err:
+            raise InputError(err.message, display_name(pairs), line, err.field) from None
     console = Console(highlight=False, soft_wrap=True)
     totals = {"chosen": [0, 0], "rejected": [0, 0]}
     n_pairs = n_truncated = 0
-    for line, pair in iter_records(pairs, "pairs"):
-        try:
-            tp = tokenize_pair(tokenizer, pair, max_length=max_length, use_mask=use_mask)
-        except InputError as err:
-            raise InputError(err.message, display_name(pairs), line, err.field) from None
+    for (_, pair), tp in zip(records, tokenized):
         record: dict[str, Any] = {"id": tp.id}
         for side in ("chosen", "rejected"):
             resp, content = getattr(tp, side), pair[side][-1]["content"]
@@ -277,7 +281,10 @@ def run_masks(pairs: str, model: str, *, as_json: bool, use_mask: bool = True,
 
 
 def _print_pair(console: Any, record: dict[str, Any], pair: dict[str, Any]) -> None:
-    console.print(f"[bold]{record['id']}[/]  ([green]in the loss[/], [strike red]masked[/])")
+    from rich.markup import escape
+
+    # The id is the input's text: escaped, so "[/]" in it is shown, not read as markup.
+    console.print(f"[bold]{escape(record['id'])}[/]  ([green]in the loss[/], [strike red]masked[/])", emoji=False)
     for side in ("chosen", "rejected"):
         kept, total = _counts(record[side]["tokens"])
         console.print(f"[bold cyan]{side}[/] {kept}/{total} tokens in the loss")

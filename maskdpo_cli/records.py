@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from maskdpo_cli.errors import InputError
@@ -80,6 +80,12 @@ class _Checker:
         return msgs
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A value quoted in an error message: repr keeps it on one line, the cut keeps the line short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", list: "a list",
              dict: "an object", bool: "a boolean"}
@@ -97,7 +103,7 @@ def validate_question(obj: Record, path: str = "<input>", line: int | None = Non
     c.text(obj, "topic", required=False, allow_empty=True)
     language = c.text(obj, "language", required=False)
     if language is not None and language not in ("en", "zh"):
-        raise c.fail("language", f"expected 'en' or 'zh', got {language!r}")
+        raise c.fail("language", f"expected 'en' or 'zh', got {_short(language)}")
     c.text(obj, "document", required=False, allow_empty=True)
     rec["prompt"] = c.messages(obj, "prompt") if "prompt" in obj else default_prompt(question)
     return rec
@@ -134,7 +140,7 @@ def validate_annotated(obj: Record, path: str = "<input>", line: int | None = No
             stext = c.get(sent, "text", str, f"{sw}.text")
             label = c.get(sent, "label", str, f"{sw}.label")
             if label not in LABELS:
-                raise c.fail(f"{sw}.label", f"expected one of {', '.join(LABELS)}, got {label!r}")
+                raise c.fail(f"{sw}.label", f"expected one of {', '.join(LABELS)}, got {_short(label)}")
             if not 0 <= start < end <= len(text):
                 raise c.fail(sw, f"span [{start}, {end}) out of range for a text of {len(text)} characters")
             if start < previous_end:
@@ -157,7 +163,7 @@ def _validate_item(c: _Checker, obj: Record, side: str, required: bool) -> Recor
         if not isinstance(sent, str):
             raise c.fail(f"{side}_item.sents[{j}]", "expected a string")
         if kind not in ITEM_TYPES:
-            raise c.fail(f"{side}_item.type[{j}]", f"expected one of {', '.join(ITEM_TYPES)}, got {kind!r}")
+            raise c.fail(f"{side}_item.type[{j}]", f"expected one of {', '.join(ITEM_TYPES)}, got {_short(kind)}")
     content = obj[side][-1]["content"]
     spans = item.get("spans")
     if spans is not None:
@@ -190,6 +196,9 @@ def validate_pair(obj: Record, path: str = "<input>", line: int | None = None) -
         msgs = c.messages(obj, side)
         if msgs[-1]["role"] != "assistant":
             raise c.fail(f"{side}[-1].role", "expected the last message to be the assistant's")
+        # An empty response has nothing to prefer or to mask: a pair of it would train on nothing.
+        if not msgs[-1]["content"].strip():
+            raise c.fail(f"{side}[-1].content", "is empty; a pair needs a response on each side")
     # The authors' format always carries the items; plain DPO data may omit them (no mask).
     for side in ("chosen", "rejected"):
         _validate_item(c, obj, side, required=False)
@@ -206,18 +215,24 @@ VALIDATORS: dict[str, Callable[[Record, str, int | None], Record]] = {
 }
 
 
-def iter_records(path: str | os.PathLike, kind: str) -> Iterator[tuple[int, Record]]:
-    """Validated (line, record) of one kind, streaming; duplicate ids are refused naming both lines."""
-    name = display_name(path)
+def validate_rows(rows: Iterable[tuple[int, Record]], kind: str, name: str) -> Iterator[tuple[int, Record]]:
+    """Validated (line, record) of one kind from (line, object) rows; duplicate ids are refused naming both lines."""
     validate = VALIDATORS[kind]
     seen: dict[str, int] = {}
-    count = 0
-    for line, obj in read_jsonl(path):
+    for line, obj in rows:
         rec = validate(obj, name, line)
         rid = rec["id"]
         if rid in seen:
-            raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", name, line, "id")
+            raise InputError(f"duplicate id {_short(rid)} (first on line {seen[rid]})", name, line, "id")
         seen[rid] = line
+        yield line, rec
+
+
+def iter_records(path: str | os.PathLike, kind: str) -> Iterator[tuple[int, Record]]:
+    """Validated (line, record) of one kind, streaming; duplicate ids are refused naming both lines."""
+    name = display_name(path)
+    count = 0
+    for line, rec in validate_rows(read_jsonl(path), kind, name):
         count += 1
         yield line, rec
     if count == 0:

@@ -11,34 +11,20 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.jsonl import output_dir, write_bytes_atomic, write_text_atomic
 from maskdpo_cli.progress import stderr
 
 TRAIN_LOG = "train_log.jsonl"
 SUMMARY = "summary.json"
 RESULTS = "results.json"  # the eval's model order (baseline first), written by run_eval
 TRAIN_METRICS = (("loss", "loss"), ("reward_acc", "reward accuracy"), ("reward_margin", "reward margin"))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a whole file through a temp file and a rename: complete or untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise MaskDPOError(f"{path}: cannot write ({err.strerror})") from None
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- the results table
@@ -181,8 +167,10 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())  # a full disk leaves the previous plot whole
     return path
 
 
@@ -267,8 +255,7 @@ def run_report(inputs: list[str], out_dir: str) -> str:
     if not inputs:
         raise MaskDPOError("nothing to report; pass eval output dirs and/or training work dirs")
     summaries, runs = load_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
 
     sections: list[tuple[str, tuple[list[str], list[list[str]]] | None, list[Path]]] = []
     if summaries:
@@ -299,4 +286,4 @@ def run_report(inputs: list[str], out_dir: str) -> str:
 
 
 __all__ = ["run_report", "load_inputs", "results_table", "markdown_table", "print_table",
-           "write_text_atomic", "write_json_atomic", "read_train_log", "TrainingRun"]
+           "read_train_log", "TrainingRun"]

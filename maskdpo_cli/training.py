@@ -13,7 +13,9 @@ Work dir layout:
     W/ref_logps.pt        reference log-probs, computed once before the first step
     W/train_log.jsonl     per step: loss, reward_acc, reward_margin, rewards, lr, pairs/s
     W/train_summary.json  totals of the last run
-    W/iter_*.pth, W/last_checkpoint   mmengine checkpoints (`--resume` continues from the last)
+    W/run.json            the settings a checkpoint in W belongs to (resume checks them)
+    W/iter_*.pth, W/last_checkpoint   mmengine checkpoints: rerunning the same command
+                          continues from the last one (kill -9 loses at most `save_steps`)
     W/<timestamp>/        XTuner/mmengine logs; W/xtuner_stdout.log their console output
     W/hf/                 the trained model (safetensors + tokenizer)
 """
@@ -21,9 +23,11 @@ Work dir layout:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from maskdpo_cli.errors import InputError, MaskDPOError
+from maskdpo_cli.jsonl import atomic_output, dumps, write_json_atomic
 from maskdpo_cli.progress import stderr
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -270,11 +275,49 @@ def _deepspeed_config(deepspeed: str | None) -> str | None:
 
 
 def _last_checkpoint(work: Path) -> str | None:
+    """The checkpoint mmengine finished last. The marker is written after the checkpoint is
+    complete, so a file a kill tore mid-save is never named by it."""
     marker = work / "last_checkpoint"
     if not marker.is_file():
         return None
     path = marker.read_text().strip()
     return path if path and Path(path).exists() else None
+
+
+def run_settings(plan: TrainPlan, records: list[tuple[int, dict]], recipe: Path) -> dict[str, Any]:
+    """What a checkpoint depends on. Epochs are left out: resuming with more extends the run."""
+    digest = hashlib.sha256()
+    for _, record in records:
+        digest.update(dumps(record).encode("utf-8") + b"\n")
+    return {"pairs_sha256": digest.hexdigest(), "model": plan.model_path, "recipe": str(recipe),
+            "use_mask": plan.use_mask, "beta": plan.beta, "lr": plan.lr, "global_batch": plan.global_batch,
+            "micro_batch": plan.micro_batch, "max_length": plan.max_length, "gpus": plan.gpus, "seed": plan.seed}
+
+
+def resume_point(work: Path, settings: dict[str, Any], resume: bool | None) -> str | None:
+    """The checkpoint to continue from: by default the last one of the same run in W.
+
+    resume=None (the default) continues a run with the same settings and refuses one with
+    other settings (its optimizer state would silently carry them); False starts over;
+    True insists on continuing, as mmengine's --resume does.
+    """
+    checkpoint = _last_checkpoint(work)
+    if resume is False or checkpoint is None:
+        if resume:
+            stderr.print(f"note: no checkpoint in {work}; training from the start", highlight=False)
+        return None
+    saved_path = work / "run.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    if saved is not None and saved != settings:
+        changed = ", ".join(f"{key} {saved.get(key)} -> {settings.get(key)}"
+                            for key in settings if saved.get(key) != settings[key])
+        raise MaskDPOError(f"{work} holds a checkpoint of a run with other settings ({changed}); "
+                           "pass --no-resume to start over there, or choose another --work-dir")
+    if saved is None and not resume:
+        raise MaskDPOError(f"{work} holds a checkpoint of an unknown run; pass --resume to continue it "
+                           "or --no-resume to start over")
+    stderr.print(f"resuming from {checkpoint} (--no-resume starts over)", highlight=False)
+    return checkpoint
 
 
 # --------------------------------------------------------------------------- run
@@ -298,8 +341,16 @@ def _tokenize_all(pairs: str, records: list[dict], model_path: Path, max_length:
     return MaskDPODataset(items)
 
 
+def _clear_checkpoints(work: Path) -> None:
+    """A fresh start must not leave an older run's checkpoints for a later resume to pick up."""
+    for path in [work / "last_checkpoint", *work.glob("iter_*.pth"), *work.glob("epoch_*.pth")]:
+        if path.is_dir():
+            shutil.rmtree(path)  # DeepSpeed checkpoints are folders
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _write_pairs(path: Path, records: list[tuple[int, dict]]) -> None:
-    from maskdpo_cli.jsonl import atomic_output
 
     with atomic_output(path) as writer:
         writer.write_all(rec for _, rec in records)
@@ -315,7 +366,7 @@ def _console_to(path: Path) -> Iterator[None]:
 def run_train(pairs: str, *, model: str | None = None, work_dir: str, recipe: str | None = None,
               use_mask: bool = True, beta: float | None = None, epochs: int | None = None,
               lr: float | None = None, batch_size: int | None = None, max_length: int | None = None,
-              gpus: int = 1, deepspeed: str | None = None, resume: bool = False, seed: int = 0) -> str:
+              gpus: int = 1, deepspeed: str | None = None, resume: bool | None = None, seed: int = 0) -> str:
     """Train Mask-DPO (or DPO with use_mask=False) on a pairs file; returns a one-line summary."""
     from maskdpo_cli.models import resolve_model
     from maskdpo_cli.records import iter_records
@@ -354,10 +405,12 @@ def run_train(pairs: str, *, model: str | None = None, work_dir: str, recipe: st
     empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
 
     # Only now, with every pair aligned, does anything get written.
+    settings = run_settings(plan, records, recipe_path)
+    resume_from = resume_point(work, settings, resume)
     work.mkdir(parents=True, exist_ok=True)
-    resume_from = _last_checkpoint(work) if resume else None
-    if resume and resume_from is None:
-        stderr.print(f"note: no checkpoint in {work}; training from the start")
+    if resume_from is None:
+        _clear_checkpoints(work)
+    write_json_atomic(work / "run.json", settings)
     _write_pairs(work / "pairs.jsonl", records)
     config_path = work / "config.py"
     cfg.dump(str(config_path))

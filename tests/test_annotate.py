@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import labels_of, write_jsonl
 from judge_server import MALFORMED, JudgeServer, anah_script
 from maskdpo_cli.annotation import JudgeConfig, run_annotate
 from maskdpo_cli.annotators import make_annotator
@@ -30,15 +31,6 @@ Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴
                       {"index": 1, "text": "首都是柏林。火星人同意。"}]}
 ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
              "火星人同意。": "unverifiable"}
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def labels_of(record: dict) -> dict[str, str]:
-    return {s["text"]: s["label"] for resp in record["responses"] for s in resp["sentences"]}
 
 
 def config(server: JudgeServer, **overrides) -> JudgeConfig:

@@ -32,7 +32,8 @@ def rec(qid: str, *responses: dict, topic: str | None = None) -> dict:
 def test_nofact_counts_as_correct_and_empty_responses_are_reported_not_divided_by():
     t = tally([resp(0, ["nofact", "ok", "contradictory"]), resp(0, []), resp(0, ["unverifiable", "ok"])])
     # correct: nofact + ok + ok = 3; incorrect: contradictory + unverifiable = 2; one empty response.
-    assert t == {"responses": 3, "correct": 3, "incorrect": 2, "empty": 1, "score": 60.0}
+    assert t == {"responses": 3, "correct": 3, "incorrect": 2, "empty": 1, "score": 60.0,
+                 "labels": {"nofact": 1, "ok": 2, "contradictory": 1, "unverifiable": 1}}
     assert tally([resp(0, [])])["score"] is None  # nothing to score: no score, not 0 and not a crash
 
 
@@ -49,8 +50,13 @@ def test_summary_means_over_replications_and_sd_of_the_replication_scores():
     assert [r["score"] for r in s["per_replication"]] == pytest.approx([50.0, 500 / 6])
     # sample standard deviation of two values: |a - b| / sqrt(2)
     assert s["score_sd"] == pytest.approx(abs(50.0 - 500 / 6) / 2 ** 0.5)
-    assert s["per_topic"]["A"] == pytest.approx({"questions": 1, "correct": 3.5, "incorrect": 0.5, "empty": 0.0,
-                                                 "score": 87.5, "score_sd": abs(75.0 - 100.0) / 2 ** 0.5})
+    # Labels: means over replications; fact precision scores the checkable sentences only:
+    # ok 3.5 against contradictory 0.5 + unverifiable 1.5 (the nofact sentence is left out).
+    assert s["labels"] == {"nofact": 0.5, "ok": 3.5, "contradictory": 0.5, "unverifiable": 1.5}
+    assert s["fact_precision"] == pytest.approx(100 * 3.5 / 5.5)
+    topic_a = {k: v for k, v in s["per_topic"]["A"].items() if k not in ("labels", "fact_precision")}
+    assert topic_a == pytest.approx({"questions": 1, "correct": 3.5, "incorrect": 0.5, "empty": 0.0,
+                                     "score": 87.5, "score_sd": abs(75.0 - 100.0) / 2 ** 0.5})
     assert s["per_topic"]["B"]["score"] == pytest.approx(25.0)
     assert set(s) >= {"model", "questions", "replications", "correct", "incorrect", "score", "score_sd",
                       "per_replication", "per_topic"}

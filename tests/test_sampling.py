@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_cli
 from maskdpo_cli.backends import GenerationParams
 from maskdpo_cli.backends.transformers_backend import TransformersBackend
-from maskdpo_cli.cli import main
 from maskdpo_cli.models import load_causal_lm
 from maskdpo_cli.sampling import run_sample
 
@@ -40,20 +40,6 @@ def write_questions(path: Path, count: int) -> Path:
              for i in range(count)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """The real `maskdpo` entry point in-process: (exit code, stderr)."""
-    old = sys.argv
-    sys.argv = ["maskdpo", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
 
 
 # -- the decode loop -------------------------------------------------------------------------
@@ -190,7 +176,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, content, needle)
     questions = tmp_path / "q.jsonl"
     questions.write_bytes(content)
     out = tmp_path / "out.jsonl"
-    code, err = run_cli(["sample", questions, "--model", "/nonexistent", "-o", out], capsys)
+    code, _, err = run_cli(["sample", questions, "--model", "/nonexistent", "-o", out], capsys)
     assert code == 2
     assert needle in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == [questions]
@@ -202,7 +188,7 @@ def test_resume_with_other_settings_exits_2(tiny_llama_path, tmp_path, capsys):
     base = ["sample", questions, "--model", tiny_llama_path, "-n", "2", "--max-new-tokens", "4", "-o", out]
     assert run_cli(base, capsys)[0] == 0
     before = out.read_bytes()
-    code, err = run_cli([*base, "--temperature", "0.5"], capsys)
+    code, _, err = run_cli([*base, "--temperature", "0.5"], capsys)
     assert code == 2 and "temperature 0.8 -> 0.5" in err and "another -o" in err
     assert out.read_bytes() == before
 

@@ -193,7 +193,11 @@ class JudgmentCache:
     def _load(self) -> dict[str, str]:
         if self._labels is None:
             self._labels = {}
-            for lineno, rec in enumerate(recover_appendable(self.path) if self.path else [], start=1):
+            try:
+                saved = recover_appendable(self.path) if self.path else []
+            except OSError as err:  # e.g. a read-only file whose torn last line cannot be cut
+                raise MaskDPOError(f"{self.path}: cannot resume judgments ({err.strerror})") from None
+            for lineno, rec in enumerate(saved, start=1):
                 if not isinstance(rec.get("key"), str) or rec.get("label") not in LABELS:
                     raise InputError("not a judgment record; delete the file to judge again",
                                      str(self.path), lineno)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.jsonl import atomic_output
+from maskdpo_cli.jsonl import atomic_output, output_dir
 from maskdpo_cli.world import grammar
 
 WORLD_VERSION = 1
@@ -180,8 +180,7 @@ def make_world(seed: int, out_dir: str, *, n_topics: int | None = None, entities
     for t in topics:
         t["split"] = "test" if t["id"] in test_ids else "train"
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     world = {"version": WORLD_VERSION, "seed": seed, "size": size, "attributes": list(grammar.ATTRIBUTES),
              "topics": topics, "entities": entities}
     with atomic_output(out / "world.json") as w:  # one JSON object: a one-line JSONL file is valid JSON

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 import warnings
@@ -25,6 +26,18 @@ def apply_cpu_shims() -> None:
     """Idempotent: safe to call from every entry point and every recipe import."""
     if not hasattr(torch.cpu, "is_bf16_supported"):
         torch.cpu.is_bf16_supported = lambda including_emulation=True: False  # type: ignore[attr-defined]
+    bnb_logger = logging.getLogger("bitsandbytes.cextension")
+    if not any(isinstance(f, _CpuBuildNotice) for f in bnb_logger.filters):
+        bnb_logger.addFilter(_CpuBuildNotice())
+
+
+class _CpuBuildNotice(logging.Filter):
+    """XTuner imports bitsandbytes, whose CPU build warns on import that it has no GPU
+    support: true and irrelevant (maskdpo never uses 8-bit optimizers), and it would be the
+    first line of every CPU training run and of every error message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "compiled without GPU support" not in record.getMessage()
 
 
 # mmengine checkpoints pickle its own classes (message hub history, numpy scalars), which
