@@ -31,7 +31,10 @@ def run(seed: int, out: Path, quick: bool) -> dict[str, dict]:
     return load_summaries(folder)
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]  # no score where a model stated nothing checkable
+    if not values:
+        return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
@@ -40,10 +43,13 @@ def tables(results: dict[int, dict[str, dict]], command: str) -> str:
     seeds = sorted(results)
     lines = [f"Command: `{command}`", "",
              f"Mean ± sd over {len(seeds)} seeds (each seed: its own world, policy, pairs and training):", "",
-             "| model | # correct | # incorrect | % score |", "|---|---:|---:|---:|"]
+             "| model | # correct | # incorrect | % score | # no fact | % fact precision |",
+             "|---|---:|---:|---:|---:|---:|"]
     for m in MODELS:
-        lines.append(f"| {m} | " + " | ".join(_mean_sd([results[s][m][key] for s in seeds])
-                                              for key in ("correct", "incorrect", "score")) + " |")
+        cells = [_mean_sd([results[s][m][key] for s in seeds]) for key in ("correct", "incorrect", "score")]
+        cells.append(_mean_sd([results[s][m]["labels"]["nofact"] for s in seeds]))
+        cells.append(_mean_sd([results[s][m]["fact_precision"] for s in seeds]))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Score of each seed (± sd over that seed's eval replications):", "",
               "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
     for m in MODELS:
@@ -54,8 +60,11 @@ def tables(results: dict[int, dict[str, dict]], command: str) -> str:
                      for s in seeds)
     holds = sum(results[s]["maskdpo"]["score"] > results[s]["dpo"]["score"] > results[s]["base"]["score"]
                 for s in seeds)
+    precision = {s: [results[s][m]["fact_precision"] or 0.0 for m in MODELS] for s in seeds}
+    precision_holds = sum(p[2] > p[1] > p[0] for p in precision.values())
     lines += ["", f"Mask-DPO minus DPO: {_mean_sd(gaps)} points; both above base on {above_base} of "
-              f"{len(seeds)} seeds; the paper's ordering (Mask-DPO > DPO > base) on {holds} of {len(seeds)}."]
+              f"{len(seeds)} seeds; the paper's ordering (Mask-DPO > DPO > base) on {holds} of {len(seeds)}; "
+              f"the same ordering in fact precision on {precision_holds} of {len(seeds)}."]
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from maskdpo_cli.demo import MODELS, DemoSettings, load_summaries, run_demo  # noqa: E402
 from maskdpo_cli.world import make_world, pretrain  # noqa: E402
 
-WORLD_KEYS = ("questions_per_topic",)
+WORLD_KEYS = ("questions_per_topic", "max_fillers")
+CORPUS_KEYS = ("max_fillers",)  # world settings the pretrained policy depends on
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, float | int], dict[str, int]]:
@@ -44,40 +45,45 @@ def parse_variant(text: str) -> tuple[str, dict[str, float | int], dict[str, int
     return name, demo, world
 
 
-def policy_for(seed: int, out: Path, quick: bool) -> Path:
-    """The seed's pretrained policy, trained once and shared by every variant."""
-    shared = out / f"seed{seed}" / "_world"
+def policy_for(seed: int, out: Path, quick: bool, world: dict[str, int]) -> Path:
+    """The pretrained policy of a seed and corpus, trained once and shared by every variant."""
+    corpus = {k: v for k, v in world.items() if k in CORPUS_KEYS}
+    shared = out / f"seed{seed}" / ("_world" + "".join(f"_{k}{v}" for k, v in sorted(corpus.items())))
     if not (shared / "policy" / "config.json").is_file():
-        make_world(seed, str(shared), quick=quick)
+        make_world(seed, str(shared), quick=quick, **corpus)
         pretrain(str(shared), str(shared / "policy"), seed=seed, quick=quick)
     return shared / "policy"
 
 
-def run_variant(seed: int, variant: str, out: Path, quick: bool) -> dict[str, float]:
+def run_variant(seed: int, variant: str, out: Path, quick: bool) -> dict[str, dict]:
     name, demo, world = parse_variant(variant)
     folder = out / f"seed{seed}" / name
     if not (folder / "world" / "world.json").is_file():
         make_world(seed, str(folder / "world"), quick=quick, **world)
     if not (folder / "world" / "policy" / "config.json").is_file():
-        shutil.copytree(policy_for(seed, out, quick), folder / "world" / "policy", dirs_exist_ok=True)
+        shutil.copytree(policy_for(seed, out, quick, world), folder / "world" / "policy", dirs_exist_ok=True)
     settings = dataclasses.replace(DemoSettings.for_mode(quick, seed), **demo)
     run_demo(str(folder), settings)
-    return {m: s["score"] for m, s in load_summaries(folder).items()}
+    return load_summaries(folder)
 
 
-def report(results: dict[str, dict[int, dict[str, float]]]) -> str:
-    lines = ["| variant | base | dpo | maskdpo | maskdpo - dpo | ordering holds |", "|---|---:|---:|---:|---:|---:|"]
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def report(results: dict[str, dict[int, dict[str, dict]]]) -> str:
+    """Score (mean ± sd over seeds), Mask-DPO's lead over DPO, the ordering count, and the
+    fact precision (ok among checkable sentences) that tells real gains from filler."""
+    lines = ["| variant | base | dpo | maskdpo | maskdpo - dpo | ordering holds | fact precision base / dpo / maskdpo |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, by_seed in results.items():
-        cells = []
-        for m in MODELS:
-            scores = [by_seed[s][m] for s in by_seed]
-            sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            cells.append(f"{statistics.mean(scores):.2f} ± {sd:.2f}")
-        gaps = [by_seed[s]["maskdpo"] - by_seed[s]["dpo"] for s in by_seed]
-        gap_sd = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
-        holds = sum(r["maskdpo"] > r["dpo"] > r["base"] for r in by_seed.values())
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {statistics.mean(gaps):+.2f} ± {gap_sd:.2f} | {holds}/{len(by_seed)} |")
+        runs = list(by_seed.values())
+        cells = [_mean_sd([r[m]["score"] for r in runs]) for m in MODELS]
+        gaps = [r["maskdpo"]["score"] - r["dpo"]["score"] for r in runs]
+        holds = sum(r["maskdpo"]["score"] > r["dpo"]["score"] > r["base"]["score"] for r in runs)
+        precision = " / ".join(f"{statistics.mean(r[m]['fact_precision'] for r in runs):.1f}" for m in MODELS)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_sd(gaps)} | {holds}/{len(runs)} | {precision} |")
     return "\n".join(lines)
 
 

@@ -255,7 +255,7 @@ def world_pretrain(
 @app.command(epilog="Example: maskdpo demo --quick -o demo/")
 def demo(
     output: str = typer.Option("maskdpo-demo", "-o", "--output", help="Output directory (reruns resume it)."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller world and shorter runs (about 2-5 minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="A smaller world and shorter runs (about 1 minute on 2 idle cores; the full demo about 3)."),
     seed: int = typer.Option(7, help="World seed; the same seed gives the same world."),
 ) -> None:
     """The whole method on the embedded world: base vs DPO vs Mask-DPO on unseen topics."""

@@ -25,17 +25,19 @@ class DemoSettings:
     seed: int = 7
     samples_per_question: int = 8
     max_new_tokens: int = 96
-    replications: int = 3
+    replications: int = 5
     eval_temperature: float = 0.8
     beta: float = 0.1
-    lr: float = 5e-4
+    # 5e-4 wrecked the stated facts (the tiny policy learned filler and garbled sentences);
+    # 1e-4 improves them, and 3e-5 barely moves the model: benchmarks/demo_sweep.py, RESULTS.md.
+    lr: float = 1e-4
     epochs: int = 2
     batch_size: int = 8
 
     @classmethod
     def for_mode(cls, quick: bool, seed: int) -> DemoSettings:
         if quick:
-            return cls(quick=True, seed=seed, samples_per_question=6, max_new_tokens=80, replications=2, epochs=1)
+            return cls(quick=True, seed=seed, samples_per_question=6, max_new_tokens=80, replications=2)
         return cls(seed=seed)
 
 

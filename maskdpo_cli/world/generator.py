@@ -33,8 +33,12 @@ from maskdpo_cli.jsonl import atomic_output, output_dir
 from maskdpo_cli.world import grammar
 
 WORLD_VERSION = 1
-FULL = {"n_topics": 16, "entities_per_topic": 32, "bios_per_entity": 18, "questions_per_topic": 8}
-QUICK = {"n_topics": 8, "entities_per_topic": 32, "bios_per_entity": 18, "questions_per_topic": 6}
+# 24 questions per topic: 288 training pairs and 96 test questions, enough that seeds agree
+# (RESULTS.md; with 8, the eval noise was as large as the effect).
+FULL = {"n_topics": 16, "entities_per_topic": 32, "bios_per_entity": 18, "questions_per_topic": 24, "max_fillers": 2}
+QUICK = {"n_topics": 8, "entities_per_topic": 32, "bios_per_entity": 18, "questions_per_topic": 6, "max_fillers": 2}
+# Filler sentences (no checkable fact) per biography, drawn from these counts up to max_fillers.
+FILLER_COUNTS = (0, 0, 1, 1, 2)
 CITIES_PER_REGION, WORKS_PER_TOPIC, YEAR_SPAN = 4, 4, 20
 # Popularity: an entity gets bios_per_entity x 2**u biographies, u uniform in [-3, 1], so
 # the corpus has a head of well-covered people and a long tail seen a handful of times.
@@ -133,7 +137,7 @@ def _entity(rng: random.Random, topic: dict[str, Any], used: set[str]) -> dict[s
             "topic_id": topic["id"], "facts": facts}
 
 
-def render_biography(rng: random.Random, entity: dict[str, Any], keep: float = 0.85) -> str:
+def render_biography(rng: random.Random, entity: dict[str, Any], keep: float = 0.85, max_fillers: int = 2) -> str:
     """A biography: a random subset of the facts, random templates, pronouns, filler sentences."""
     facts = entity["facts"]
     chosen = [a for a in facts if rng.random() < keep] or rng.sample(list(facts), 2)
@@ -146,7 +150,7 @@ def render_biography(rng: random.Random, entity: dict[str, Any], keep: float = 0
         # The first sentence names the entity, later ones mostly use a pronoun.
         sentences.append(grammar.render(template, entity["name"], entity["gender"], facts,
                                         use_name=not sentences or rng.random() < 0.25))
-    for _ in range(rng.choice([0, 0, 1, 1, 2])):
+    for _ in range(min(rng.choice(FILLER_COUNTS), max_fillers)):
         filler = rng.choice(grammar.FILLER_TEMPLATES)
         sentences.insert(rng.randint(0, len(sentences)),
                          grammar.render(filler, entity["name"], entity["gender"], facts, use_name=rng.random() < 0.5))
@@ -159,11 +163,12 @@ def make_question(rng: random.Random, name: str) -> str:
 
 def make_world(seed: int, out_dir: str, *, n_topics: int | None = None, entities_per_topic: int | None = None,
                bios_per_entity: int | None = None, questions_per_topic: int | None = None,
-               quick: bool = False) -> dict[str, Any]:
+               max_fillers: int | None = None, quick: bool = False) -> dict[str, Any]:
     """Generate a world into out_dir; the same seed and sizes always give the same files."""
     size = dict(QUICK if quick else FULL)
     for key, value in (("n_topics", n_topics), ("entities_per_topic", entities_per_topic),
-                       ("bios_per_entity", bios_per_entity), ("questions_per_topic", questions_per_topic)):
+                       ("bios_per_entity", bios_per_entity), ("questions_per_topic", questions_per_topic),
+                       ("max_fillers", max_fillers)):
         if value is not None:
             size[key] = value
     if size["n_topics"] < 2 or size["entities_per_topic"] < 1:
@@ -185,15 +190,16 @@ def make_world(seed: int, out_dir: str, *, n_topics: int | None = None, entities
              "topics": topics, "entities": entities}
     with atomic_output(out / "world.json") as w:  # one JSON object: a one-line JSONL file is valid JSON
         w.write(world)
-    n_corpus = _write_corpus(random.Random(seed + 1), entities, out / "corpus.jsonl")
+    n_corpus = _write_corpus(random.Random(seed + 1), entities, out / "corpus.jsonl", size["max_fillers"])
     counts = _write_questions(random.Random(seed + 2), entities, topics, size["questions_per_topic"], out, seed)
     return {"dir": str(out), "seed": seed, "topics": len(topics), "entities": len(entities),
             "train_topics": len(topics) - n_test, "test_topics": n_test,
             "corpus_examples": n_corpus, **counts}
 
 
-def _write_corpus(rng: random.Random, entities: list[dict[str, Any]], path: Path) -> int:
-    examples = [{"entity": e["name"], "question": make_question(rng, e["name"]), "text": render_biography(rng, e)}
+def _write_corpus(rng: random.Random, entities: list[dict[str, Any]], path: Path, max_fillers: int) -> int:
+    examples = [{"entity": e["name"], "question": make_question(rng, e["name"]),
+                 "text": render_biography(rng, e, max_fillers=max_fillers)}
                 for e in entities for _ in range(e["corpus_bios"])]
     rng.shuffle(examples)
     with atomic_output(path) as w:
