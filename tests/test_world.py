@@ -153,6 +153,22 @@ def test_biographies_label_only_ok_or_nofact(world, oracle):
     assert oracle.describe()["name"] == "world"
 
 
+def test_max_fillers_bounds_the_filler_sentences_of_the_corpus(tmp_path):
+    def fillers_per_bio(max_fillers: int) -> list[int]:
+        out = tmp_path / f"fillers{max_fillers}"
+        make_world(11, str(out), **SIZE, max_fillers=max_fillers)
+        oracle = WorldAnnotator(out)
+        counts = []
+        for _, ex in read_jsonl(out / "corpus.jsonl"):
+            sentences = [s if s.endswith(".") else s + "." for s in ex["text"].split(". ")]
+            counts.append(oracle.label({"entity": ex["entity"]}, sentences).count("nofact"))
+        return counts
+
+    assert max(fillers_per_bio(2)) == 2  # the default: up to two per biography
+    assert max(fillers_per_bio(1)) == 1
+    assert set(fillers_per_bio(0)) == {0}
+
+
 def test_quick_pretrain_gives_a_loadable_chat_model(world_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
