@@ -34,6 +34,15 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, e
 
 OUTPUT = typer.Option(None, "-o", "--output", help="Output file (default: stdout). '-' is stdout.")
 
+# The judge's options, shared by `annotate` and `eval` (both run the annotator).
+JUDGE_MODEL = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name).")
+JUDGE_BACKEND = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai.")
+JUDGE_URL = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1")
+JUDGE_API_KEY = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY")
+JUDGE_PROMPTS = typer.Option(None, "--prompts", help="JSON file with your own judge prompt templates.")
+JUDGE_MAX_RETRIES = typer.Option(5, "--max-retries", min=0, help="Retries per judge call.")
+JUDGE_CONCURRENCY = typer.Option(8, "--concurrency", min=1, help="Parallel requests to the judge endpoint.")
+
 
 @app.command(epilog="Example: maskdpo sample questions.jsonl --model smollm2-135m-instruct -n 8 -o samples.jsonl")
 def sample(
@@ -65,13 +74,13 @@ def sample(
 def annotate(
     samples: str = typer.Argument(..., help="Samples JSONL ('-' for stdin)."),
     annotator: str = typer.Option("anah-v2", help="anah-v2, or world:DIR for the embedded world's oracle."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name)."),
-    judge_backend: str = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai."),
-    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1"),
-    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY"),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON file with your own judge prompt templates."),
-    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries per judge call."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Parallel requests to the judge endpoint."),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_backend: str = JUDGE_BACKEND,
+    judge_url: Optional[str] = JUDGE_URL,
+    judge_api_key: Optional[str] = JUDGE_API_KEY,
+    prompts: Optional[Path] = JUDGE_PROMPTS,
+    max_retries: int = JUDGE_MAX_RETRIES,
+    concurrency: int = JUDGE_CONCURRENCY,
     output: Optional[str] = OUTPUT,
 ) -> None:
     """Split every response into sentences and label each one for hallucination."""
@@ -162,13 +171,13 @@ def eval_(
     seed: int = typer.Option(0, help="Replication r uses seed + r."),
     backend: str = typer.Option("transformers", help="transformers (CPU/GPU) or lmdeploy (GPU)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences decoded together."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name)."),
-    judge_backend: str = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai."),
-    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL."),
-    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY"),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="JSON file with your own judge prompt templates."),
-    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries per judge call."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Parallel requests to the judge endpoint."),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_backend: str = JUDGE_BACKEND,
+    judge_url: Optional[str] = JUDGE_URL,
+    judge_api_key: Optional[str] = JUDGE_API_KEY,
+    prompts: Optional[Path] = JUDGE_PROMPTS,
+    max_retries: int = JUDGE_MAX_RETRIES,
+    concurrency: int = JUDGE_CONCURRENCY,
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig

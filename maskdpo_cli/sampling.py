@@ -10,12 +10,13 @@ seed therefore gives the same records whether or not the run was killed on the w
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.backends import GenerationParams, make_backend
-from maskdpo_cli.backends.base import derive_seed
+from maskdpo_cli.backends.base import Backend, derive_seed
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.jsonl import display_name, resumable_output
+from maskdpo_cli.jsonl import STDIO, display_name, resumable_output
 from maskdpo_cli.progress import progress_bar
 from maskdpo_cli.records import Record, iter_records
 
@@ -60,12 +61,20 @@ def run_sample(questions: str, output: str | None, *, model: str, backend: str, 
     # Everything is read and validated before anything is generated: bad input fails fast.
     records = [rec for _, rec in iter_records(questions, "questions")]
     generation = generation_settings(model, backend, params)
-    # The model loads before the output is opened: a model that cannot load leaves no file behind.
-    engine = make_backend(backend, model, **({"batch_size": batch_size} if batch_size else {}))
+    def load() -> Backend:
+        return make_backend(backend, model, **({"batch_size": batch_size} if batch_size else {}))
+
+    # A new output: the model loads before the file is opened, so a model that cannot load
+    # leaves no file behind. A resumed one: only if something is left to sample.
+    resuming = output not in (None, STDIO) and Path(output).exists()
+    engine = None if resuming else load()
     with resumable_output(output) as (writer, done):
         done_ids = check_resumable(done, generation, display_name(output) if output else None)
         resumed = sum(rec["id"] in done_ids for rec in records)
         meter = _Meter()
+        if resumed == len(records):
+            return f"{len(records)} questions ({resumed} resumed), nothing left to sample -> {_dest(output)}"
+        engine = engine or load()
         with progress_bar("questions") as bar:
             task = bar.add_task("sample", total=len(records), completed=resumed, info="")
             for wave in waves(records, max(1, engine.batch_size // params.n)):
@@ -86,8 +95,6 @@ def run_sample(questions: str, output: str | None, *, model: str, backend: str, 
                         writer.write(sample_record(rec, texts, generation))
                         meter.written += 1
                 bar.update(task, completed=resumed + meter.written)
-    if not meter.written:
-        return f"{len(records)} questions ({resumed} resumed), nothing left to sample -> {_dest(output)}"
     return (f"{len(records)} questions ({resumed} resumed), {meter.written * params.n} responses, "
             f"{meter.info()} -> {_dest(output)}")
 

@@ -182,6 +182,29 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, content, needle)
     assert list(tmp_path.iterdir()) == [questions]
 
 
+def test_a_finished_output_is_not_sampled_again_and_the_model_not_loaded(tiny_llama_path, tmp_path, monkeypatch):
+    import maskdpo_cli.sampling as sampling
+
+    questions = write_questions(tmp_path / "q.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    params = GenerationParams(n=2, max_new_tokens=4, seed=1)
+    run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers", params=params,
+               batch_size=None)
+    before = out.read_bytes()
+    loads = []
+    real = sampling.make_backend
+    monkeypatch.setattr(sampling, "make_backend", lambda *a, **k: loads.append(a) or real(*a, **k))
+    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers",
+                         params=params, batch_size=None)
+    assert "nothing left to sample" in summary and loads == [] and out.read_bytes() == before
+    # One more question: the model loads, and only the new question is sampled.
+    questions.write_text(questions.read_text() + json.dumps({"id": "q9", "question": "Who is nine?"}) + "\n")
+    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers",
+                         params=params, batch_size=None)
+    assert len(loads) == 1 and "(3 resumed)" in summary
+    assert out.read_bytes().startswith(before) and out.read_text().count("\n") == 4
+
+
 def test_resume_with_other_settings_exits_2(tiny_llama_path, tmp_path, capsys):
     questions = write_questions(tmp_path / "q.jsonl", 2)
     out = tmp_path / "out.jsonl"
