@@ -61,6 +61,7 @@ def run_sample(questions: str, output: str | None, *, model: str, backend: str, 
     # Everything is read and validated before anything is generated: bad input fails fast.
     records = [rec for _, rec in iter_records(questions, "questions")]
     generation = generation_settings(model, backend, params)
+
     def load() -> Backend:
         return make_backend(backend, model, **({"batch_size": batch_size} if batch_size else {}))
 
@@ -71,10 +72,10 @@ def run_sample(questions: str, output: str | None, *, model: str, backend: str, 
     with resumable_output(output) as (writer, done):
         done_ids = check_resumable(done, generation, display_name(output) if output else None)
         resumed = sum(rec["id"] in done_ids for rec in records)
-        meter = _Meter()
         if resumed == len(records):
             return f"{len(records)} questions ({resumed} resumed), nothing left to sample -> {_dest(output)}"
         engine = engine or load()
+        meter = _Meter()
         with progress_bar("questions") as bar:
             task = bar.add_task("sample", total=len(records), completed=resumed, info="")
             for wave in waves(records, max(1, engine.batch_size // params.n)):

@@ -351,7 +351,6 @@ def _clear_checkpoints(work: Path) -> None:
 
 
 def _write_pairs(path: Path, records: list[tuple[int, dict]]) -> None:
-
     with atomic_output(path) as writer:
         writer.write_all(rec for _, rec in records)
 

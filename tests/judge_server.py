@@ -55,6 +55,16 @@ def anah_script(messages: Messages) -> str:
     return "<无法验证>" if zh else "<Unverifiable>"
 
 
+# Records whose sentences exercise every branch of `anah_script`, with the labels it gives.
+EN_LABELS = {"Hello!": "nofact", "The capital is Paris.": "ok", "It is near Berlin.": "contradictory",
+             "People on Mars agree.": "unverifiable"}
+EN_REQUESTS = 1 + 3 + 3 + 2  # turns per distinct sentence: no facts ends at 1, no reference at 2
+Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴黎是法国的首都。", "language": "zh",
+        "responses": [{"index": 0, "text": "你好！首都是巴黎。不是柏林。"},
+                      {"index": 1, "text": "首都是柏林。火星人同意。"}]}
+ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
+             "火星人同意。": "unverifiable"}
+
 class JudgeServer:
     def __init__(self, script: Callable[[Messages], str] = anah_script, model: str = "anah-v2-test") -> None:
         self.script, self.model = script, model

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from helpers import labels_of, write_jsonl
-from judge_server import JudgeServer, anah_script
+from judge_server import EN_LABELS, EN_REQUESTS, Q_ZH, ZH_LABELS, JudgeServer, anah_script
 from maskdpo_cli.annotation import JudgeConfig, run_annotate
 from maskdpo_cli.annotators.anah_v2 import REASK_TEMPERATURE
 from maskdpo_cli.records import read_records
@@ -33,14 +33,6 @@ Q_EN = {"id": "en1", "question": "What is the capital of France?", "document": "
         "language": "en",
         "responses": [{"index": 0, "text": "Hello! The capital is Paris. It is near Berlin."},
                       {"index": 1, "text": "The capital is Paris. People on Mars agree."}]}
-EN_LABELS = {"Hello!": "nofact", "The capital is Paris.": "ok", "It is near Berlin.": "contradictory",
-             "People on Mars agree.": "unverifiable"}
-EN_REQUESTS = 1 + 3 + 3 + 2  # turns per distinct sentence: no facts ends at 1, no reference at 2
-Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴黎是法国的首都。", "language": "zh",
-        "responses": [{"index": 0, "text": "你好！首都是巴黎。不是柏林。"},
-                      {"index": 1, "text": "首都是柏林。火星人同意。"}]}
-ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
-             "火星人同意。": "unverifiable"}
 
 # The same verdicts in the protocol's other language.
 OTHER_LANGUAGE = {
