@@ -1,8 +1,37 @@
-"""What every sentence-level hallucination annotator provides to `maskdpo annotate`."""
+"""What every annotator provides to `maskdpo annotate` and `maskdpo eval`.
+
+An annotator judges the distinct sentences of one question's responses and returns one
+Verdict per sentence. `judge` is a coroutine: `annotate` keeps many questions in flight at
+once on one event loop, so an annotator that waits on a served judge must await its
+requests (never block the loop) and a sentence moves to its next turn as soon as its
+previous reply is back, without waiting for the other sentences.
+
+Sentence-level annotators (anah-v2) leave `facts` as None. Fact-level annotators
+(factscore, the world oracle) also return the sentence's atomic facts, each supported or
+not; `annotate` then adds `facts`, `n_facts_supported`, `n_facts_unsupported` and
+`fact_score` to every response.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One atomic claim of a sentence and whether the knowledge source supports it."""
+
+    text: str
+    supported: bool
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgment of one sentence: a label of records.LABELS, and its facts when fact-level."""
+
+    label: str
+    facts: tuple[Fact, ...] | None = None
 
 
 class Annotator(Protocol):
@@ -12,8 +41,8 @@ class Annotator(Protocol):
         """How the labels were made (annotator, judge, prompts): the record's "annotator" field."""
         ...
 
-    def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
-        """One of records.LABELS per sentence, for sentences answering `record`'s question."""
+    async def judge(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
+        """One Verdict per sentence, for distinct sentences answering `record`'s question."""
         ...
 
 
