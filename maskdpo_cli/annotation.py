@@ -1,36 +1,66 @@
 """`maskdpo annotate`: split every response into sentences and label each one.
 
-The whole input is validated (and the annotator's own checks run) before anything is
-judged. Each question's distinct sentences go to the annotator in one call; the output is
-append-only with resume, so a rerun of the same command skips the questions already written.
+Built for paper-scale inputs (8,046 questions x 32 answers x 10 sentences, a 575 MB file)
+against served judges, with memory bounded whatever the input's size:
+
+- Input is checked before anything is judged. A file is read twice: a first pass validates
+  every record (the samples contract, duplicate ids, the annotator's own checks) keeping only
+  the ids, so bad input exits 2 with nothing judged, as before; the second pass streams the
+  records to the judge. Standard input cannot be read twice, and is often a pipe from
+  `sample` that is still producing: it is checked record by record as it streams, and a
+  bad record stops the run at its line once the records before it are written (the output
+  stays valid and resumable). Spooling stdin to disk instead would stall the pipeline.
+- A window of questions is judged at once: a new question is admitted while the questions
+  being judged hold fewer than 4 x (concurrency x servers) distinct sentences and at most
+  max(8, concurrency x servers) questions are admitted but not yet written. That keeps
+  every server's slots busy (each sentence has one turn in flight at a time) while memory
+  holds only the window.
+- Output is written strictly in input order: a question judged early waits in the window
+  for the ones before it. When a question fails, no new one is admitted, the ones before
+  it are finished and written, and then its error is raised.
+- The output is append-only with resume: a rerun of the same command skips the questions
+  already written, and the annotator's judgment cache pays for none of the sentences
+  already judged.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
+
 from maskdpo_cli.annotators import Annotator, make_annotator
-from maskdpo_cli.errors import JudgeError
+from maskdpo_cli.annotators.base import Verdict
+from maskdpo_cli.errors import JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import STDIO, display_name, resumable_output
+from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import progress_bar
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, sentence_counts
-from maskdpo_cli.segmentation import split_sentences
+from maskdpo_cli.segmentation import SEGMENTERS, Sentence, split_sentences
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """How to reach the chat judge (used by the anah-v2 annotator)."""
+    """How to reach the chat judge (used by the anah-v2 and factscore annotators)."""
 
     model: str | None = None          # None with openai: the first model the endpoint serves
     backend: str = "openai"           # openai | transformers | lmdeploy
-    url: str | None = None            # None: http://127.0.0.1:23333/v1 (lmdeploy serve's default)
+    urls: tuple[str, ...] = ()        # (): http://127.0.0.1:23333/v1 (lmdeploy serve's default)
     api_key: str | None = None
     prompts_file: str | Path | None = None
     max_retries: int = 5
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (batch size in-process)
     timeout: float = 120.0            # seconds per request
     backoff: float = 1.0              # first retry waits up to this long, doubling each time
     cache_path: str | Path | None = None  # where judgments are appended; set from -o
+
+    @property
+    def capacity(self) -> int:
+        """Requests the judge can usefully have in flight at once."""
+        return max(1, self.concurrency) * max(1, len(self.urls))
 
 
 def judgments_path(output: str | None) -> str | None:
@@ -38,65 +68,160 @@ def judgments_path(output: str | None) -> str | None:
     return None if output is None or str(output) == STDIO else str(output) + ".judgments.jsonl"
 
 
-def run_annotate(samples: str, output: str | None, *, annotator: str, judge: JudgeConfig) -> str:
+def run_annotate(samples: str, output: str | None, *, annotator: str, judge: JudgeConfig,
+                 segmenter: str = "default") -> str:
     """Annotate a samples file into `output` (resuming it); return a one-line summary."""
+    if segmenter not in SEGMENTERS:
+        raise MaskDPOError(f"--segmenter {segmenter}: expected one of {', '.join(SEGMENTERS)}")
     name = display_name(samples)
-    records = list(iter_records(samples, "samples"))
     if judge.cache_path is None:
         judge = replace(judge, cache_path=judgments_path(output))
     labeler = make_annotator(annotator, judge)
-    check = getattr(labeler, "validate", None)  # optional: see annotators.base.InputChecks
-    if check is not None:
-        for line, record in records:
-            check(record, name, line)
+    check: Callable[[Record, str, int | None], None] | None = getattr(labeler, "validate", None)
+    total = None
+    if str(samples) != STDIO:  # a file can be read twice: check all of it before judging any
+        total = sum(1 for _ in _checked(iter_records(samples, "samples"), check, name))
 
-    questions = sentences = correct = 0
+    stats = {"questions": 0, "sentences": 0, "correct": 0, "skipped": 0}
     with resumable_output(output) as (writer, done):
         done_ids = {rec.get("id") for rec in done}
-        todo = [rec for _, rec in records if rec["id"] not in done_ids]
+        del done
+
+        def todo() -> Iterator[Record]:
+            for _, record in _checked(iter_records(samples, "samples"), check, name):
+                if record["id"] in done_ids:
+                    stats["skipped"] += 1
+                else:
+                    yield record
+
         with progress_bar("questions") as progress:
-            task = progress.add_task("annotate", total=len(todo), info="")
-            for record in todo:
-                annotated = annotate_record(record, labeler)
+            bar = progress.add_task("annotate", info="",
+                                    total=None if total is None else max(0, total - len(done_ids)))
+
+            def write(annotated: Record) -> None:
                 writer.write(annotated)
+                stats["questions"] += 1
                 for resp in annotated["responses"]:
-                    sentences += len(resp["sentences"])
-                    correct += resp["n_correct"]
-                questions += 1
-                progress.update(task, advance=1, info=f"{sentences} sentences")
-    skipped = len(records) - len(todo)
-    resumed = f" ({skipped} already done)" if skipped else ""
-    share = f"{100 * correct / sentences:.1f}%" if sentences else "-"
-    return (f"{questions} questions{resumed}, {sentences} sentences, {share} hallucination-free "
-            f"-> {output if output and output != STDIO else '<stdout>'}")
+                    stats["sentences"] += len(resp["sentences"])
+                    stats["correct"] += resp["n_correct"]
+                progress.update(bar, advance=1, info=f"{stats['sentences']} sentences")
+
+            asyncio.run(annotate_stream(todo(), labeler, write, segmenter=segmenter, capacity=judge.capacity))
+    resumed = f" ({stats['skipped']} already done)" if stats["skipped"] else ""
+    share = f"{100 * stats['correct'] / stats['sentences']:.1f}%" if stats["sentences"] else "-"
+    return (f"{stats['questions']} questions{resumed}, {stats['sentences']} sentences, {share} "
+            f"hallucination-free -> {output if output and output != STDIO else '<stdout>'}")
 
 
-def annotate_record(record: Record, annotator: Annotator) -> Record:
-    """The samples record with labelled sentences, counts and score on every response."""
+def _checked(rows: Iterable[tuple[int, Record]], check: Callable[[Record, str, int | None], None] | None,
+             name: str) -> Iterator[tuple[int, Record]]:
+    for line, record in rows:
+        if check is not None:
+            check(record, name, line)
+        yield line, record
+
+
+@dataclass
+class _Question:
+    record: Record
+    split: list[list[Sentence]]
+    unique: list[str]
+    verdicts: asyncio.Future[list[Verdict]]
+
+
+async def annotate_stream(records: Iterable[Record], annotator: Annotator, write: Callable[[Record], None], *,
+                          segmenter: str = "default", capacity: int = DEFAULT_CONCURRENCY) -> None:
+    """Judge `records` with a bounded window in flight and `write` each annotated one in input order."""
+    max_questions, max_sentences = max(8, capacity), 4 * capacity
+    window: deque[_Question] = deque()
+    rows = iter(records)
+    more, failed = True, False
+    bad_input: MaskDPOError | None = None
+    try:
+        while True:
+            while more and not failed and bad_input is None and len(window) < max_questions and (
+                    not window or sum(len(q.unique) for q in window if not q.verdicts.done()) < max_sentences):
+                try:
+                    record = next(rows, None)
+                except MaskDPOError as err:  # bad input met while streaming: finish what came before it
+                    bad_input = err
+                    break
+                if record is None:
+                    more = False
+                    break
+                window.append(_start(record, annotator, segmenter))
+            if not window:
+                break
+            if not window[0].verdicts.done():
+                await asyncio.wait([q.verdicts for q in window if not q.verdicts.done()],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if any(q.verdicts.done() and not q.verdicts.cancelled() and q.verdicts.exception() for q in window):
+                failed = True  # admit nothing more; the failure is raised when it reaches the head
+            while window and window[0].verdicts.done():
+                question = window.popleft()
+                write(_assemble(question, annotator, question.verdicts.result()))
+        if bad_input is not None:
+            raise bad_input
+    finally:
+        for question in window:
+            question.verdicts.cancel()
+        await asyncio.gather(*(q.verdicts for q in window), return_exceptions=True)
+        aclose = getattr(annotator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _start(record: Record, annotator: Annotator, segmenter: str) -> _Question:
     language = record.get("language")
-    split = [split_sentences(resp["text"], language) for resp in record["responses"]]
+    split = [split_sentences(resp["text"], language, segmenter=segmenter) for resp in record["responses"]]
     unique = list(dict.fromkeys(s.text for sents in split for s in sents))
-    labels = dict(zip(unique, _labels(annotator, record, unique))) if unique else {}
-    responses = []
-    for resp, sents in zip(record["responses"], split):
-        labelled = [{"start": s.start, "end": s.end, "text": s.text, "label": labels[s.text]} for s in sents]
-        n_correct, n_incorrect = sentence_counts(labelled)
-        responses.append({**resp, "sentences": labelled, "n_correct": n_correct,
-                          "n_incorrect": n_incorrect, "score": factuality_score(n_correct, n_incorrect)})
+    if unique:
+        verdicts: asyncio.Future[list[Verdict]] = asyncio.ensure_future(annotator.judge(record, unique))
+    else:  # nothing to judge: the annotator is not even asked (no judge is contacted)
+        verdicts = asyncio.get_running_loop().create_future()
+        verdicts.set_result([])
+    return _Question(record, split, unique, verdicts)
+
+
+async def annotate_record(record: Record, annotator: Annotator, segmenter: str = "default") -> Record:
+    """The samples record with labelled sentences, counts and scores on every response."""
+    question = _start(record, annotator, segmenter)
+    return _assemble(question, annotator, await question.verdicts)
+
+
+def _assemble(question: _Question, annotator: Annotator, verdicts: list[Verdict]) -> Record:
+    record = question.record
+    by_text = dict(zip(question.unique, _checked_verdicts(annotator, record, question.unique, verdicts)))
+    fact_level = any(v.facts is not None for v in verdicts)
+    responses = [_response(resp, sents, by_text, fact_level) for resp, sents in zip(record["responses"], question.split)]
     return {**record, "responses": responses, "annotator": annotator.describe()}
 
 
-def _labels(annotator: Annotator, record: Record, sentences: list[str]) -> list[str]:
-    """The annotator's labels, checked: a wrong count or label is its bug, not the input's."""
-    labels = annotator.label(record, sentences)
-    if len(labels) != len(sentences):
-        raise JudgeError(f"annotator {annotator.name} returned {len(labels)} labels for "
+def _response(resp: Record, sents: list[Sentence], by_text: dict[str, Verdict], fact_level: bool) -> Record:
+    labelled = [{"start": s.start, "end": s.end, "text": s.text, "label": by_text[s.text].label} for s in sents]
+    n_correct, n_incorrect = sentence_counts(labelled)
+    out: dict[str, Any] = {**resp, "sentences": labelled, "n_correct": n_correct, "n_incorrect": n_incorrect,
+                           "score": factuality_score(n_correct, n_incorrect)}
+    if fact_level:
+        facts = [{"text": f.text, "sentence": i, "label": "supported" if f.supported else "unsupported"}
+                 for i, s in enumerate(sents) for f in by_text[s.text].facts or ()]
+        supported = sum(f["label"] == "supported" for f in facts)
+        out.update(facts=facts, n_facts_supported=supported, n_facts_unsupported=len(facts) - supported,
+                   fact_score=factuality_score(supported, len(facts) - supported))
+    return out
+
+
+def _checked_verdicts(annotator: Annotator, record: Record, sentences: list[str],
+                      verdicts: list[Verdict]) -> list[Verdict]:
+    """The annotator's verdicts, checked: a wrong count or label is its bug, not the input's."""
+    if len(verdicts) != len(sentences):
+        raise JudgeError(f"annotator {annotator.name} returned {len(verdicts)} labels for "
                          f"{len(sentences)} sentences of question {record['id']!r}")
-    unknown = [label for label in labels if label not in LABELS]
+    unknown = [v.label for v in verdicts if v.label not in LABELS]
     if unknown:
         raise JudgeError(f"annotator {annotator.name} returned the unknown label {unknown[0]!r} "
                          f"for question {record['id']!r}; expected one of {', '.join(LABELS)}")
-    return labels
+    return verdicts
 
 
-__all__ = ["JudgeConfig", "run_annotate", "annotate_record", "judgments_path"]
+__all__ = ["JudgeConfig", "run_annotate", "annotate_stream", "annotate_record", "judgments_path"]

@@ -34,27 +34,43 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, e
 
 OUTPUT = typer.Option(None, "-o", "--output", help="Output file (default: stdout). '-' is stdout.")
 
+# The generation backend's options, shared by `sample` and `eval`.
+BACKEND = typer.Option("transformers", help="transformers (CPU/GPU), lmdeploy (GPU), or openai: served engines "
+                       "at --url (the server applies the chat template).")
+URLS = typer.Option(None, "--url", help="With --backend openai: an OpenAI-compatible base URL, e.g. "
+                    "http://127.0.0.1:23333/v1; repeat for several servers (data parallel).")
+API_KEY = typer.Option(None, "--api-key", envvar="MASKDPO_API_KEY", help="With --backend openai: the servers' key.")
+
 # The judge's options, shared by `annotate` and `eval` (both run the annotator).
 JUDGE_MODEL = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name).")
 JUDGE_BACKEND = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai.")
-JUDGE_URL = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1")
+JUDGE_URL = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1; "
+                         "repeat for several servers (requests go to the least busy).")
 JUDGE_API_KEY = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY")
-JUDGE_PROMPTS = typer.Option(None, "--prompts", help="JSON file with your own judge prompt templates.")
+JUDGE_PROMPTS = typer.Option(None, "--prompts", help="Judge prompts: a JSON file of templates, or the authors' "
+                             "anahv2_prompt.py (read, never run).")
 JUDGE_MAX_RETRIES = typer.Option(5, "--max-retries", min=0, help="Retries per judge call.")
-JUDGE_CONCURRENCY = typer.Option(8, "--concurrency", min=1, help="Parallel requests to the judge endpoint.")
+JUDGE_CONCURRENCY = typer.Option(256, "--concurrency", min=1, help="Judge requests in flight per --judge-url "
+                                  "(a served GPU judge batches them); batch size of an in-process judge.")
+SEGMENTER = typer.Option("default", "--segmenter", help="default (blingfire plus rules) or anah-v2 "
+                         "(where the ANAH-v2 evaluation script splits).")
 
 
 @app.command(epilog="Example: maskdpo sample questions.jsonl --model smollm2-135m-instruct -n 8 -o samples.jsonl")
 def sample(
     questions: str = typer.Argument(..., help="Questions JSONL ('-' for stdin)."),
-    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="HF directory or embedded alias."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="HF directory or embedded alias (default "
+                                        "smollm2-135m-instruct); with --backend openai the served model's name "
+                                        "(default: the first the server lists)."),
     n: int = typer.Option(32, "-n", min=1, help="Responses per question (paper: 32)."),
     temperature: float = typer.Option(0.8, min=0.0, help="Sampling temperature; 0 is greedy."),
     top_k: int = typer.Option(40, "--top-k", min=0, help="Top-k sampling; 0 disables it."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same responses."),
-    backend: str = typer.Option("transformers", help="transformers (CPU/GPU) or lmdeploy (GPU)."),
+    backend: str = BACKEND,
+    url: Optional[list[str]] = URLS,
+    api_key: Optional[str] = API_KEY,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                              help="Sequences decoded together (default: automatic)."),
     output: Optional[str] = OUTPUT,
@@ -65,7 +81,8 @@ def sample(
 
     params = GenerationParams(n=n, temperature=temperature, top_k=top_k, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed)
-    summary = run_sample(questions, output, model=model, backend=backend, params=params, batch_size=batch_size)
+    summary = run_sample(questions, output, model=model, backend=backend, params=params, batch_size=batch_size,
+                         urls=url or (), api_key=api_key)
     stderr.print(f"[green]sampled[/] {summary}")
 
 
@@ -73,22 +90,26 @@ def sample(
                     "--judge-url http://127.0.0.1:23333/v1 -o annotated.jsonl")
 def annotate(
     samples: str = typer.Argument(..., help="Samples JSONL ('-' for stdin)."),
-    annotator: str = typer.Option("anah-v2", help="anah-v2, or world:DIR for the embedded world's oracle."),
+    annotator: str = typer.Option("anah-v2", help="anah-v2 (sentences), factscore (atomic facts, FactScore), "
+                                  "or world:DIR for the embedded world's oracle; anah-v2@URL / factscore@URL "
+                                  "use that served judge."),
     judge_model: Optional[str] = JUDGE_MODEL,
     judge_backend: str = JUDGE_BACKEND,
-    judge_url: Optional[str] = JUDGE_URL,
+    judge_url: Optional[list[str]] = JUDGE_URL,
     judge_api_key: Optional[str] = JUDGE_API_KEY,
     prompts: Optional[Path] = JUDGE_PROMPTS,
     max_retries: int = JUDGE_MAX_RETRIES,
     concurrency: int = JUDGE_CONCURRENCY,
+    segmenter: str = SEGMENTER,
     output: Optional[str] = OUTPUT,
 ) -> None:
     """Split every response into sentences and label each one for hallucination."""
     from maskdpo_cli.annotation import JudgeConfig, run_annotate
 
-    judge = JudgeConfig(model=judge_model, backend=judge_backend, url=judge_url, api_key=judge_api_key,
+    judge = JudgeConfig(model=judge_model, backend=judge_backend, urls=tuple(judge_url or ()),
+                        api_key=judge_api_key,
                         prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
-    summary = run_annotate(samples, output, annotator=annotator, judge=judge)
+    summary = run_annotate(samples, output, annotator=annotator, judge=judge, segmenter=segmenter)
     stderr.print(f"[green]annotated[/] {summary}")
 
 
@@ -135,6 +156,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Global batch, in pairs (paper: 64)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Tokens per sequence; longer are cut."),
     gpus: int = typer.Option(1, "--gpus", min=0, help="CUDA GPUs (one process each); 0 forces the CPU."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                        help="With --gpus 0: CPU processes (gloo), sharing the global batch."),
     deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="zero1|zero2|zero3|zero3_offload or a JSON file."),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", show_default=False,
                                           help="Default: continue the same run's last checkpoint in the work dir, "
@@ -146,8 +169,9 @@ def train(
 
     summary = run_train(pairs, model=model, work_dir=work_dir, recipe=recipe, use_mask=not no_mask, beta=beta,
                         epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
-                        deepspeed=deepspeed, resume=resume, seed=seed)
-    stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)
+                        nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+    if summary:  # empty on the other ranks of a run torchrun or srun started
+        stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)
 
 
 @app.command(name="eval", epilog="Example: maskdpo eval test_questions.jsonl --model smollm2-135m-instruct "
@@ -158,7 +182,15 @@ def eval_(
                                      help="HF directory or alias; repeat for a side-by-side table (the first is "
                                           "the baseline). NAME=PATH names the folder and the table row."),
     output: str = typer.Option(..., "-o", "--output", help="Output directory: one folder per model."),
-    annotator: str = typer.Option("anah-v2", help="anah-v2, or world:DIR for the embedded world's oracle."),
+    annotator: list[str] = typer.Option(["anah-v2"], "--annotator", metavar="SPEC",
+                                        help="anah-v2, factscore, or world:DIR (the embedded world's oracle); "
+                                             "repeat to score the same responses with several, side by side "
+                                             "(the first gives the sentence score, the first that labels "
+                                             "atomic facts the fact score). NAME@URL: that annotator's own "
+                                             "served judge."),
+    fact_length_penalty: Optional[float] = typer.Option(None, "--fact-length-penalty", min=0.0,
+                                                        help="FactScore's length penalty gamma (its code "
+                                                             "uses 10): off by default."),
     replications: Optional[int] = typer.Option(None, min=1, help="Generations per question with seeds "
                                                "seed..seed+R-1 (default 5; 1 with --best-of)."),
     best_of: Optional[str] = typer.Option(None, "--best-of", help="N[,N...]: the most factual of N samples "
@@ -169,15 +201,18 @@ def eval_(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1),
     seed: int = typer.Option(0, help="Replication r uses seed + r."),
-    backend: str = typer.Option("transformers", help="transformers (CPU/GPU) or lmdeploy (GPU)."),
+    backend: str = BACKEND,
+    url: Optional[list[str]] = URLS,
+    api_key: Optional[str] = API_KEY,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Sequences decoded together."),
     judge_model: Optional[str] = JUDGE_MODEL,
     judge_backend: str = JUDGE_BACKEND,
-    judge_url: Optional[str] = JUDGE_URL,
+    judge_url: Optional[list[str]] = JUDGE_URL,
     judge_api_key: Optional[str] = JUDGE_API_KEY,
     prompts: Optional[Path] = JUDGE_PROMPTS,
     max_retries: int = JUDGE_MAX_RETRIES,
     concurrency: int = JUDGE_CONCURRENCY,
+    segmenter: str = SEGMENTER,
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig
@@ -185,10 +220,12 @@ def eval_(
 
     sizes = parse_sizes(best_of)
     params = eval_params(sizes, temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
-    judge = JudgeConfig(model=judge_model, backend=judge_backend, url=judge_url, api_key=judge_api_key,
+    judge = JudgeConfig(model=judge_model, backend=judge_backend, urls=tuple(judge_url or ()),
+                        api_key=judge_api_key,
                         prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
     run_eval(questions, models, output, annotator=annotator, judge=judge, replications=replications,
-             best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size)
+             best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size,
+             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key)
     stderr.print(f"[green]evaluated[/] {len(models)} model(s) -> {output}/results.md", highlight=False)
 
 

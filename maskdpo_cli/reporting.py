@@ -5,6 +5,11 @@ folder works too) and `maskdpo train --work-dir W` folders (W/train_log.jsonl, o
 per step with loss, reward_acc and reward_margin). The output folder gets report.html
 (self-contained: the plots are embedded as data URIs), report.md, and the PNG plots the
 markdown links to. matplotlib runs headless (Agg) and is imported only here.
+
+Training curves are noisy at one point per step: each is drawn smoothed (a trailing moving
+average), with the raw curve faint behind it. examples.html, linked from the report, shows
+the same test questions answered by every model side by side, each sentence coloured by
+its label, read from the first replication's annotated file of each eval folder.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ TRAIN_LOG = "train_log.jsonl"
 SUMMARY = "summary.json"
 RESULTS = "results.json"  # the eval's model order (baseline first), written by run_eval
 TRAIN_METRICS = (("loss", "loss"), ("reward_acc", "reward accuracy"), ("reward_margin", "reward margin"))
+EXAMPLE_ANSWERS = "annotated.r0.jsonl"  # the first replication, as the eval writes it
+EXAMPLES = 10  # questions on the examples page
+# Label colours (background, legend text): hallucination-free greens and greys, hallucinations red and orange.
+LABEL_STYLE = {"ok": ("#c8ecc8", "ok (no hallucination)"), "nofact": ("#e4e4e4", "no fact"),
+               "contradictory": ("#f6b8b8", "contradictory"), "unverifiable": ("#fbd9a0", "unverifiable")}
 
 
 # ---------------------------------------------------------------- the results table
@@ -37,7 +47,8 @@ def _num(value: float | None, digits: int = 2) -> str:
 def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) side by side; the first model is the baseline of the deltas."""
     best_of = sorted({int(n) for s in summaries for n in s.get("best_of", {})})
-    headers = ["model", "questions", "reps", "# correct", "# incorrect", "empty", "% score", "sd"]
+    headers = ["model", "questions", "reps", "# correct", "# incorrect", "empty", "% score", "sd",
+               "# no fact", "% fact precision"]
     if len(summaries) > 1:
         headers.append(f"Δ vs {summaries[0]['name']}")
     headers += [f"best-of-{n}" for n in best_of]
@@ -45,7 +56,9 @@ def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list
     rows = []
     for s in summaries:
         row = [s["name"], str(s["questions"]), str(s["replications"]), _num(s["correct"], 1),
-               _num(s["incorrect"], 1), _num(s.get("empty"), 1), _num(s["score"]), _num(s["score_sd"])]
+               _num(s["incorrect"], 1), _num(s.get("empty"), 1), _num(s["score"]), _num(s["score_sd"]),
+               # a score can rise by saying less: these two tell stated facts from filler
+               _num((s.get("labels") or {}).get("nofact"), 1), _num(s.get("fact_precision"))]
         if len(summaries) > 1:
             delta = None if s["score"] is None or base is None else s["score"] - base
             row.append("-" if delta is None else f"{delta:+.2f}")
@@ -89,15 +102,19 @@ def _read_json(path: Path) -> Any:
         raise MaskDPOError(f"{path}: not a readable JSON file ({err}); rerun the command that wrote it") from None
 
 
+FOLDER = "_folder"  # added to each summary read: the model folder it came from (not in the file)
+
+
 def read_eval_dir(path: Path) -> list[dict[str, Any]]:
     """The summaries of an eval output dir in the eval's order (or one model folder's own)."""
     if (path / SUMMARY).is_file():
-        return [_read_json(path / SUMMARY)]
-    if (path / RESULTS).is_file():
+        folders = [path]
+    elif (path / RESULTS).is_file():
         folders = [path / name for name in _read_json(path / RESULTS)["models"]]
     else:
         folders = sorted(p.parent for p in path.glob(f"*/{SUMMARY}"))
-    return [_read_json(folder / SUMMARY) for folder in folders if (folder / SUMMARY).is_file()]
+    return [{**_read_json(folder / SUMMARY), FOLDER: str(folder)} for folder in folders
+            if (folder / SUMMARY).is_file()]
 
 
 def read_train_log(path: Path) -> list[dict[str, Any]]:
@@ -217,16 +234,112 @@ def plot_best_of(summaries: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average: point i is the mean of the last `window` values up to i."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def smoothing_window(steps: int) -> int:
+    return max(1, steps // 15)
+
+
 def plot_training(runs: list[TrainingRun], path: Path) -> Path:
     fig, axes = _figure(width=13, height=3.6, ncols=len(TRAIN_METRICS))
     for ax, (key, label) in zip(axes[0], TRAIN_METRICS):
-        for run in runs:
+        window = 1
+        for i, run in enumerate(runs):
             points = [(s["step"], s[key]) for s in run.steps if s.get(key) is not None and "step" in s]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=run.name)
+            steps, values = [p[0] for p in points], [p[1] for p in points]
+            window = max(window, smoothing_window(len(values)))
+            color = f"C{i % 10}"
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+            ax.plot(steps, smooth(values, smoothing_window(len(values))), color=color, linewidth=2, label=run.name)
         ax.set_xlabel("step")
-        ax.set_title(label)
+        ax.set_title(f"{label} (smoothed over {window} steps; raw faint)" if window > 1 else label)
         ax.legend()
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- example answers
+
+
+def example_answers(summaries: list[dict[str, Any]], limit: int = EXAMPLES) -> list[tuple[dict, list[dict]]]:
+    """(question record, first response of each model) for test questions every model answered.
+
+    Up to `limit` questions, spread evenly over the first model's question order (so over its
+    topics); models without an annotated file are left out of the page.
+    """
+    from maskdpo_cli.records import read_records
+
+    answers = {}
+    for s in summaries:
+        path = Path(s.get(FOLDER, "")) / EXAMPLE_ANSWERS
+        if path.is_file():
+            answers[s["name"]] = {rec["id"]: rec for rec in read_records(path, "annotated")}
+    if not answers:
+        return []
+    first = next(iter(answers.values()))
+    ids = [qid for qid in first if all(qid in by_id for by_id in answers.values())]
+    picked = [ids[int(i * len(ids) / limit)] for i in range(limit)] if len(ids) > limit else ids
+    return [(first[qid], [{"model": name, **min(by_id[qid]["responses"], key=lambda r: r["index"])}
+                          for name, by_id in answers.items()]) for qid in picked]
+
+
+def coloured_answer(text: str, sentences: list[dict[str, Any]]) -> str:
+    """The answer as HTML, each sentence a span classed (and titled) by its label."""
+    parts, pos = [], 0
+    for sentence in sorted(sentences, key=lambda x: x["start"]):
+        label = sentence["label"]
+        parts.append(html.escape(text[pos:sentence["start"]]))
+        parts.append(f"<span class='{label}' title='{label}'>{html.escape(text[sentence['start']:sentence['end']])}"
+                     "</span>")
+        pos = sentence["end"]
+    parts.append(html.escape(text[pos:]))
+    return "".join(parts)
+
+
+def _answer_counts(response: dict[str, Any]) -> str:
+    labels = [s["label"] for s in response["sentences"]]
+    counts = ", ".join(f"{labels.count(label)} {label}" for label in LABEL_STYLE if labels.count(label))
+    score = response.get("score")
+    return (counts or "no sentence") + ("" if score is None else f"; score {100 * score:.0f}%")
+
+
+_EXAMPLE_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+                  ".answers{display:grid;gap:12px;margin:0.5em 0 2em}"
+                  ".answer{border:1px solid #ccc;border-radius:6px;padding:8px 10px;white-space:pre-wrap;"
+                  "line-height:1.6}.answer h3{margin:0 0 4px;font-size:1em}.counts{color:#666;font-size:0.85em}"
+                  "h2{font-size:1.1em;margin-bottom:0.2em}.topic{color:#666;font-weight:normal}"
+                  "span.legend{padding:2px 8px;margin-right:8px;border-radius:3px;white-space:nowrap}"
+                  + "".join(f"span.{label}{{background:{color};border-radius:3px}}"
+                            for label, (color, _) in LABEL_STYLE.items()))
+
+
+def examples_page(examples: list[tuple[dict, list[dict]]]) -> str:
+    """examples.html: one row per question, one column per model."""
+    legend = "".join(f"<span class='legend {label}'>{html.escape(text)}</span>"
+                     for label, (_, text) in LABEL_STYLE.items())
+    page = ["<!doctype html><html><head><meta charset='utf-8'><title>Example answers</title>"
+            f"<style>{_EXAMPLE_STYLE}</style></head><body><h1>Example answers</h1>",
+            "<p>The same test questions answered by each model (its first replication's answer), every "
+            f"sentence coloured by its label: {legend}</p><p><a href='report.html'>back to the report</a></p>"]
+    for question, responses in examples:
+        topic = f" <span class='topic'>({html.escape(question['topic'])})</span>" if question.get("topic") else ""
+        page.append(f"<h2>{html.escape(question['question'])}{topic}</h2>"
+                    f"<div class='answers' style='grid-template-columns:repeat({len(responses)},1fr)'>")
+        for response in responses:
+            page.append(f"<div class='answer'><h3>{html.escape(response['model'])}</h3>"
+                        f"<div class='counts'>{html.escape(_answer_counts(response))}</div>"
+                        f"{coloured_answer(response['text'], response['sentences'])}</div>")
+        page.append("</div>")
+    page.append("</body></html>")
+    return "\n".join(page) + "\n"
 
 
 # ---------------------------------------------------------------- the page
@@ -279,6 +392,13 @@ def run_report(inputs: list[str], out_dir: str) -> str:
             md.append(f"\n![{image.stem}]({image.name})\n")
             data = base64.b64encode(image.read_bytes()).decode("ascii")
             page.append(f"<img alt='{image.stem}' src='data:image/png;base64,{data}'>")
+    examples = example_answers(summaries)
+    if examples:
+        write_text_atomic(out / "examples.html", examples_page(examples))
+        md.append(f"\n## Example answers\n\n[{len(examples)} test questions, every model side by side, sentences "
+                  "coloured by label](examples.html)\n")
+        page.append(f"<h2>Example answers</h2><p><a href='examples.html'>{len(examples)} test questions, every "
+                    "model side by side, each sentence coloured by its label</a></p>")
     page.append("</body></html>")
     write_text_atomic(out / "report.md", "".join(md))
     write_text_atomic(out / "report.html", "\n".join(page) + "\n")
@@ -286,4 +406,4 @@ def run_report(inputs: list[str], out_dir: str) -> str:
 
 
 __all__ = ["run_report", "load_inputs", "results_table", "markdown_table", "print_table",
-           "read_train_log", "TrainingRun"]
+           "read_train_log", "TrainingRun", "smooth", "example_answers", "coloured_answer", "examples_page"]

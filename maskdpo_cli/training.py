@@ -5,7 +5,9 @@ loss mask *before* anything is trained, so a pair that cannot be aligned stops t
 (exit 2, naming the pair) instead of training on a wrong mask. Then the recipe, a plain
 XTuner config, gets the command line's values, is written to W/config.py (what ran, and
 what `xtuner train W/config.py` would run again) and goes to XTuner's own train entry:
-in this process for one device, under torchrun with this interpreter for several GPUs.
+in this process for one process, as N ranks under torchrun with this interpreter for
+`--nproc N` CPU processes or N GPUs, or as one rank of a run that torchrun or srun started
+(`maskdpo_cli.distributed`: only rank 0 validates and writes W; the others wait for it).
 
 Work dir layout:
     W/pairs.jsonl         the validated pairs trained on
@@ -28,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,6 @@ from maskdpo_cli.progress import stderr
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = "smollm2_135m_instruct_maskdpo"
-DEEPSPEED_CONFIGS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 
 
 @dataclass
@@ -60,15 +60,18 @@ class TrainPlan:
     beta: float
     use_mask: bool
     gpus: int
+    processes: int
     deepspeed: str | None
     seed: int
 
     def describe(self) -> str:
-        device = f"{self.gpus} GPU(s)" if self.gpus and _cuda_devices() else "CPU, fp32"
+        device = f"{self.processes} GPU(s)" if self.gpus and _cuda_devices() else "CPU, fp32"
+        if self.processes > 1 and not (self.gpus and _cuda_devices()):
+            device += f", {self.processes} processes (gloo)"
         ds = f", DeepSpeed {self.deepspeed}" if self.deepspeed else ""
         kind = "Mask-DPO" if self.use_mask else "DPO (--no-mask)"
         return (f"{kind}: {self.pairs} pairs x {self.epochs} epoch(s), global batch {self.global_batch} "
-                f"(micro {self.micro_batch} x {self.accumulative_counts} accumulation x {max(self.gpus, 1)}), "
+                f"(micro {self.micro_batch} x {self.accumulative_counts} accumulation x {self.processes}), "
                 f"{self.iters_per_epoch * self.epochs} iterations, lr {self.lr:g}, beta {self.beta:g}, "
                 f"max_length {self.max_length}, seed {self.seed}, {device}{ds}")
 
@@ -147,6 +150,8 @@ class Overrides:
     gpus: int
     seed: int
     work_dir: str
+    processes: int = 1  # ranks that share the global batch
+    cuda: bool = False
 
 
 def apply_overrides(cfg: Any, ov: Overrides, num_pairs: int) -> TrainPlan:
@@ -169,7 +174,7 @@ def apply_overrides(cfg: Any, ov: Overrides, num_pairs: int) -> TrainPlan:
     if ov.lr is not None:
         optimizer["lr"] = ov.lr
 
-    devices = max(ov.gpus, 1)
+    devices = ov.processes
     micro = int(cfg.train_dataloader.batch_size)
     global_batch = ov.batch_size or int(cfg.get("global_batch_size") or micro * cfg.optim_wrapper.get(
         "accumulative_counts", 1) * devices)
@@ -185,6 +190,10 @@ def apply_overrides(cfg: Any, ov: Overrides, num_pairs: int) -> TrainPlan:
     iters_per_epoch = math.ceil(math.ceil(num_pairs / devices) / micro)
     _fit_schedulers(cfg, epochs / old_epochs, iters_per_epoch)
 
+    if not ov.cuda and cfg.get("model_wrapper_cfg") is None:
+        # mmengine gives DDP device_ids=[LOCAL_RANK], which DDP refuses for a CPU module;
+        # a value in the config wins over that default. Unused by a single process.
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     cfg.randomness = dict(seed=ov.seed, deterministic=False)
     cfg.work_dir = ov.work_dir
     # The top-level knobs are informational once resolved; keep them true in W/config.py.
@@ -199,7 +208,7 @@ def apply_overrides(cfg: Any, ov: Overrides, num_pairs: int) -> TrainPlan:
                      epochs=epochs, global_batch=global_batch, micro_batch=micro,
                      accumulative_counts=accumulate, iters_per_epoch=iters_per_epoch,
                      lr=float(optimizer["lr"]), beta=float(beta), use_mask=ov.use_mask, gpus=ov.gpus,
-                     deepspeed=None, seed=ov.seed)
+                     processes=ov.processes, deepspeed=None, seed=ov.seed)
 
 
 def _split_batch(global_batch: int, micro: int, devices: int) -> tuple[int, int]:
@@ -243,35 +252,9 @@ def _fit_schedulers(cfg: Any, epoch_scale: float, iters_per_epoch: int) -> None:
 # --------------------------------------------------------------------------- checks
 
 def _cuda_devices() -> int:
-    import torch
+    from maskdpo_cli.distributed import cuda_devices
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _check_devices(gpus: int, deepspeed: str | None) -> None:
-    if gpus < 0:
-        raise MaskDPOError(f"--gpus {gpus}: must be 0 (CPU) or more")
-    available = _cuda_devices()
-    if gpus > 1 and available < gpus:
-        raise MaskDPOError(f"--gpus {gpus}: only {available} CUDA device(s) visible")
-    if deepspeed is not None and (gpus < 1 or not available):
-        raise MaskDPOError("--deepspeed needs CUDA GPUs")
-
-
-def _deepspeed_config(deepspeed: str | None) -> str | None:
-    """A DeepSpeed JSON path, or the name of XTuner's bundled config for zero1..zero3_offload."""
-    if deepspeed is None:
-        return None
-    try:
-        import deepspeed as _  # noqa: F401
-    except ImportError:
-        raise MaskDPOError("--deepspeed needs the deepspeed package: pip install 'deepspeed>=0.12.3'") from None
-    if Path(deepspeed).is_file():
-        return deepspeed
-    name = deepspeed.removeprefix("deepspeed_")
-    if name not in DEEPSPEED_CONFIGS:
-        raise MaskDPOError(f"--deepspeed {deepspeed}: expected a JSON file or one of {', '.join(DEEPSPEED_CONFIGS)}")
-    return f"deepspeed_{name}"
+    return cuda_devices()
 
 
 def _last_checkpoint(work: Path) -> str | None:
@@ -291,7 +274,8 @@ def run_settings(plan: TrainPlan, records: list[tuple[int, dict]], recipe: Path)
         digest.update(dumps(record).encode("utf-8") + b"\n")
     return {"pairs_sha256": digest.hexdigest(), "model": plan.model_path, "recipe": str(recipe),
             "use_mask": plan.use_mask, "beta": plan.beta, "lr": plan.lr, "global_batch": plan.global_batch,
-            "micro_batch": plan.micro_batch, "max_length": plan.max_length, "gpus": plan.gpus, "seed": plan.seed}
+            "micro_batch": plan.micro_batch, "max_length": plan.max_length, "gpus": plan.gpus,
+            "processes": plan.processes, "seed": plan.seed}
 
 
 def resume_point(work: Path, settings: dict[str, Any], resume: bool | None) -> str | None:
@@ -362,17 +346,66 @@ def _console_to(path: Path) -> Iterator[None]:
         yield
 
 
+@dataclass
+class PreparedRun:
+    """What every rank needs to train, decided once (by rank 0 under a launcher)."""
+
+    plan: TrainPlan
+    work: Path
+    config_path: Path
+    deepspeed: str | None
+    resume_from: str | None
+
+
 def run_train(pairs: str, *, model: str | None = None, work_dir: str, recipe: str | None = None,
               use_mask: bool = True, beta: float | None = None, epochs: int | None = None,
               lr: float | None = None, batch_size: int | None = None, max_length: int | None = None,
-              gpus: int = 1, deepspeed: str | None = None, resume: bool | None = None, seed: int = 0) -> str:
-    """Train Mask-DPO (or DPO with use_mask=False) on a pairs file; returns a one-line summary."""
-    from maskdpo_cli.models import resolve_model
-    from maskdpo_cli.records import iter_records
+              gpus: int = 1, nproc: int | None = None, deepspeed: str | None = None, resume: bool | None = None,
+              seed: int = 0) -> str:
+    """Train Mask-DPO (or DPO with use_mask=False) on a pairs file; returns a one-line summary
+    (empty on the ranks other than 0 of a run that torchrun or srun started)."""
+    from maskdpo_cli.distributed import (detect_launch, die_with_parent, join_process_group, leave_process_group,
+                                         process_count, rank0_decides)
 
     if gpus == 0:
         # Before anything asks torch about CUDA: the answer is cached for the process.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    launch = detect_launch()
+
+    def prepare() -> PreparedRun:
+        return prepare_run(pairs, model=model, work_dir=work_dir, recipe=recipe, use_mask=use_mask, beta=beta,
+                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
+                           processes=process_count(gpus, nproc, launch), deepspeed=deepspeed, resume=resume,
+                           seed=seed)
+
+    if launch is None:
+        run = prepare()
+        start = time.perf_counter()
+        _train(run, joined=False)
+        return _summary(run.work, run.plan, time.perf_counter() - start)
+    if launch.launcher == "torchrun":
+        die_with_parent()  # a rank must not outlive a killed torchrun agent and race the rerun
+    join_process_group(launch)
+    try:
+        run = rank0_decides(launch, prepare)
+        start = time.perf_counter()
+        _train(run, joined=True)
+    finally:
+        leave_process_group()
+    return _summary(run.work, run.plan, time.perf_counter() - start) if launch.is_main else ""
+
+
+def prepare_run(pairs: str, *, model: str | None, work_dir: str, recipe: str | None, use_mask: bool,
+                beta: float | None, epochs: int | None, lr: float | None, batch_size: int | None,
+                max_length: int | None, gpus: int, processes: int, deepspeed: str | None, resume: bool | None,
+                seed: int) -> PreparedRun:
+    """Validate and tokenize every pair, resolve the recipe, and write W: all before training."""
+    from maskdpo_cli.distributed import check_deepspeed_runnable, resolve_deepspeed_config
+    from maskdpo_cli.models import resolve_model
+    from maskdpo_cli.records import iter_records
+
+    if deepspeed is not None:
+        check_deepspeed_runnable()  # before the slow part: the recipe imports all of XTuner
     recipe_path = resolve_recipe(recipe)
     for name, value in (("--epochs", epochs), ("--max-length", max_length)):
         if value is not None and value < 1:
@@ -384,20 +417,26 @@ def run_train(pairs: str, *, model: str | None = None, work_dir: str, recipe: st
     records = list(iter_records(pairs, "pairs"))  # an empty file is an InputError
     cfg = load_recipe(recipe_path)
     model_path = resolve_model(model or _recipe_model_name(cfg)).resolve()
-    _check_devices(gpus, deepspeed)
+    cuda = bool(gpus and _cuda_devices())
     if deepspeed is None and cfg.get("deepspeed"):
-        if gpus > 1 and _cuda_devices() >= gpus:
+        if cuda and processes > 1:
             deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
         else:
             stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
                          "(pass --deepspeed to force it)")
-    ds_name = _deepspeed_config(deepspeed)
 
     work = Path(work_dir).resolve()
     ov = Overrides(pairs_file=str(work / "pairs.jsonl"), model_path=str(model_path), use_mask=use_mask,
                    beta=beta, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                   gpus=gpus, seed=seed, work_dir=str(work))
+                   gpus=gpus, seed=seed, work_dir=str(work), processes=processes, cuda=cuda)
     plan = apply_overrides(cfg, ov, len(records))
+    ds_name = None
+    if deepspeed is not None:
+        clip = cfg.optim_wrapper.get("clip_grad") or {}
+        ds_name, _ = resolve_deepspeed_config(deepspeed, micro_batch=plan.micro_batch,
+                                              accumulative_counts=plan.accumulative_counts,
+                                              max_norm=clip.get("max_norm"))
+        check_deepspeed_runnable()  # the recipe's default DeepSpeed
 
     dataset = _tokenize_all(pairs, records, model_path, plan.max_length, use_mask)
     plan.truncated, plan.deepspeed = dataset.num_truncated, ds_name
@@ -421,34 +460,27 @@ def run_train(pairs: str, *, model: str | None = None, work_dir: str, recipe: st
         stderr.print(f"[yellow]warning:[/] {empty} pairs have a side with no token in the loss "
                      "(that side's log-ratio is 0)")
     stderr.print(f"work dir {work} (XTuner logs, checkpoints, train_log.jsonl, hf/)", highlight=False)
-
-    start = time.perf_counter()
-    _launch(config_path, work, gpus=gpus, deepspeed=ds_name, resume_from=resume_from)
-    return _summary(work, plan, time.perf_counter() - start)
+    return PreparedRun(plan=plan, work=work, config_path=config_path, deepspeed=ds_name, resume_from=resume_from)
 
 
-def _launch(config_path: Path, work: Path, *, gpus: int, deepspeed: str | None, resume_from: str | None) -> None:
-    """XTuner's train entry: in this process for one device; under torchrun (this interpreter)
-    for several GPUs or DeepSpeed, which wants a distributed launcher even on one GPU."""
+def _train(run: PreparedRun, *, joined: bool) -> None:
+    """XTuner's train entry: in this process, as one rank of a group this process has
+    joined, or as N ranks under torchrun (this interpreter) that join theirs the same way.
+    DeepSpeed always goes through a launcher, even on one GPU."""
+    from maskdpo_cli.distributed import run_torchrun, torchrun_command
     from maskdpo_cli.xtuner_ext.compat import trusted_checkpoint_loading
-    from maskdpo_cli.xtuner_ext.launch import run_xtuner_train, torchrun_command, xtuner_train_args
+    from maskdpo_cli.xtuner_ext.launch import run_xtuner_train, xtuner_train_args
 
-    distributed = gpus > 1 or deepspeed is not None
-    args = xtuner_train_args(str(config_path), str(work), deepspeed=deepspeed, resume_from=resume_from,
-                             launcher="pytorch" if distributed else "none")
-    with trusted_checkpoint_loading(resume_from is not None):
-        if distributed:
-            _run_distributed(torchrun_command(max(gpus, 1), args), work)
+    launch_own = not joined and (run.plan.processes > 1 or run.deepspeed is not None)
+    args = xtuner_train_args(str(run.config_path), str(run.work), deepspeed=run.deepspeed,
+                             resume_from=run.resume_from, launcher="pytorch" if joined or launch_own else "none")
+    log = run.work / "xtuner_stdout.log"
+    with trusted_checkpoint_loading(run.resume_from is not None):
+        if launch_own:
+            run_torchrun(torchrun_command(run.plan.processes, "maskdpo_cli.distributed", args), log)
         else:
-            with _console_to(work / "xtuner_stdout.log"):
+            with _console_to(log):
                 run_xtuner_train(args)
-
-
-def _run_distributed(cmd: list[str], work: Path) -> None:
-    with (work / "xtuner_stdout.log").open("a") as log:
-        code = subprocess.run(cmd, stdout=log).returncode
-    if code:
-        raise RuntimeError(f"distributed training failed (exit {code}); see {work}/xtuner_stdout.log")
 
 
 def _summary(work: Path, plan: TrainPlan, seconds: float) -> str:

@@ -1,7 +1,14 @@
 """Mask-DPO on Llama-3.1-8B-Instruct: the paper's setting (Gu et al., ICLR 2025, Sec. 4.1).
 
-    maskdpo train pairs.jsonl --recipe recipes/llama3_1_8b_instruct_maskdpo.py \
-        --model /path/to/Llama-3.1-8B-Instruct --gpus 8 --deepspeed zero3 --work-dir runs/llama-maskdpo
+    maskdpo train pairs.jsonl --recipe recipes/llama3_1_8b_instruct_maskdpo.py --gpus 8 --work-dir runs/llama-maskdpo
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m maskdpo_cli.cli train pairs.jsonl --recipe llama3_1_8b_instruct_maskdpo --work-dir runs/llama-maskdpo
+    srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 maskdpo train pairs.jsonl \
+        --recipe llama3_1_8b_instruct_maskdpo --work-dir runs/llama-maskdpo
+
+The model is the hub's meta-llama/Llama-3.1-8B-Instruct (from the Hugging Face cache,
+downloaded into it where there is a network; gated: log in or set HF_TOKEN first), or
+`--model DIR` for a local copy.
 
 3 epochs, AdamW, cosine schedule, global batch 64, beta 0.1, full-parameter training in
 bf16 under DeepSpeed ZeRO-3 (the recipe's default when CUDA GPUs are present; with plain
@@ -22,7 +29,7 @@ from maskdpo_cli.xtuner_ext import (HFExportHook, MaskDPO, ReferenceLogpHook, Tr
                                     mask_dpo_collate_fn)
 
 # ----------------------------------------------------------------------------- settings
-pretrained_model_name_or_path = "meta-llama/Llama-3.1-8B-Instruct"  # pass --model DIR for a local copy
+pretrained_model_name_or_path = "meta-llama/Llama-3.1-8B-Instruct"  # a hub id, a HF directory or an alias
 pairs_file = "pairs.jsonl"  # set by `maskdpo train`
 use_mask = True  # False: vanilla DPO through the same code (`--no-mask`)
 max_length = 2048

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,13 @@ def build_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, **config: ob
 def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Path:
     """A tiny random Llama HF directory with the SmolLM2 tokenizer (eos <|im_end|> = 2, pad 0)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def served_smollm2(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path) -> Iterator[str]:
+    """`transformers serve` (transformers 5, its own directory) serving the embedded SmolLM2 on the
+    CPU, shared by the whole session: its base URL http://127.0.0.1:PORT/v1 (tests/served.py)."""
+    from served import transformers_serve
+
+    with transformers_serve(smollm2_path, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url

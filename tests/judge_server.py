@@ -9,8 +9,12 @@ protocol from keywords in the sentence (never in the test questions):
   "Paris"/"巴黎" -> no hallucination; "Berlin"/"柏林" -> contradictory; else unverifiable;
   "gibberish" -> a reply with no marker at all, every time.
 Fault knobs (set on the instance, thread-safe): `fail_first` chat requests answered with
-`fail_status` (+ `retry_after`), `malformed_first` chat requests answered with a reply
-with no marker, `delay_first` chat requests delayed by `delay` seconds.
+`fail_status` (+ `retry_after`), `fail_after`: every chat request after that many answered
+with `fail_status` (a server that dies mid-run), `malformed_first` chat requests answered
+with a reply with no marker, `delay_first` chat requests delayed by `delay` seconds,
+`garbage_first` chat requests answered 200 with a body that is not JSON, `torn_first` chat
+requests answered with half a body before the connection drops.
+`max_in_flight` is the most chat requests the server was answering at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 Messages = list[dict[str, str]]
 MALFORMED = "I am not sure what you are asking."
+TORN = b'{"id": "chatcmpl-torn", "choices": [{"mess'
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -65,13 +70,20 @@ Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴
 ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
              "火星人同意。": "unverifiable"}
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many clients connect at once: the default backlog (5) drops some
+
+
 class JudgeServer:
     def __init__(self, script: Callable[[Messages], str] = anah_script, model: str = "anah-v2-test") -> None:
         self.script, self.model = script, model
         self.fail_first, self.fail_status, self.retry_after = 0, 503, "0"
         self.malformed_first = 0
         self.delay_first, self.delay = 0, 0.0
+        self.fail_after: int | None = None
+        self.garbage_first = self.torn_first = 0
         self.chat_requests = 0
+        self.in_flight = self.max_in_flight = 0
         self.model_requests = 0
         self.conversations: list[Messages] = []
         self.requests: list[dict[str, Any]] = []
@@ -84,7 +96,7 @@ class JudgeServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def __enter__(self) -> JudgeServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
@@ -99,15 +111,28 @@ class JudgeServer:
         return [first_turn(c) for c in self.conversations
                 if sum(m["role"] == "user" for m in c) == turn]
 
-    def _answer_chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _answer_chat(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.chat_requests += 1
             n = self.chat_requests
             self.conversations.append(body["messages"])
             self.requests.append(body)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._reply(n, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _reply(self, n: int, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         if n <= self.delay_first:
             time.sleep(self.delay)
-        if n <= self.fail_first:
+        if n <= self.garbage_first:
+            return 200, b"<html>upstream proxy error</html>", {}
+        if n <= self.garbage_first + self.torn_first:
+            return 200, TORN, {}
+        if n <= self.fail_first or (self.fail_after is not None and n > self.fail_after):
             headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             return self.fail_status, {"error": {"message": "scripted failure"}}, headers
         reply = MALFORMED if n <= self.fail_first + self.malformed_first else self.script(body["messages"])
@@ -125,11 +150,12 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode("utf-8")
+        def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+            torn = payload is TORN
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(len(data) * 2 if torn else len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
@@ -137,6 +163,8 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and left
+            if torn:  # half the promised body, then the connection drops
+                self.close_connection = True
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers import labels_of, write_jsonl
-from judge_server import EN_LABELS, EN_REQUESTS, JudgeServer, MALFORMED, Q_ZH, ZH_LABELS, anah_script
+from judge_server import EN_LABELS, EN_REQUESTS, JudgeServer, MALFORMED, Q_ZH, ZH_LABELS, anah_script, first_turn
 from maskdpo_cli.annotation import JudgeConfig, run_annotate
 from maskdpo_cli.annotators import make_annotator
-from maskdpo_cli.annotators.anah_v2 import find_marker, load_prompts
-from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
+from maskdpo_cli.annotators.anah_v2 import REASK_TEMPERATURE, find_marker, load_prompts
+from maskdpo_cli.errors import InputError, MaskDPOError
+from maskdpo_cli.openai_client import EndpointError
 from maskdpo_cli.records import read_records
 
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
@@ -26,7 +28,7 @@ Q_EN = {"id": "en1", "question": "What is the capital of France?", "document": "
 
 
 def config(server: JudgeServer, **overrides) -> JudgeConfig:
-    return JudgeConfig(url=server.url, **{"max_retries": 3, "concurrency": 4, "backoff": 0.01, **overrides})
+    return JudgeConfig(urls=(server.url,), **{"max_retries": 3, "concurrency": 4, "backoff": 0.01, **overrides})
 
 
 def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -109,11 +111,12 @@ def test_an_endpoint_that_keeps_failing_gives_a_clear_error(tmp_path):
     samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN])
     with JudgeServer() as server:
         server.fail_first = 1000
-        with pytest.raises(JudgeError, match=r"no usable answer after 3 attempts .*HTTP 503") as failure:
+        with pytest.raises(EndpointError, match=r"no usable answer after 3 attempts .*HTTP 503") as failure:
             run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2",
                          judge=config(server, max_retries=2, concurrency=1))
     assert f"{server.url}/chat/completions" in str(failure.value)
-    assert server.chat_requests == 3
+    # Each of the 4 sentences in flight spends at most its 3 attempts before the run stops.
+    assert 3 <= server.chat_requests <= 4 * 3
     assert not (tmp_path / "out.jsonl").read_text()
 
 
@@ -125,8 +128,12 @@ def test_malformed_replies_are_asked_again(tmp_path):
                      judge=config(server, concurrency=1))
     assert labels_of(read_records(tmp_path / "out.jsonl", "annotated")[0]) == EN_LABELS
     assert server.chat_requests == EN_REQUESTS + 2
-    assert [r["temperature"] for r in server.requests[:3]] == [0.0, 0.0, 0.0]  # first asks are greedy
-    assert any(r["temperature"] > 0 for r in server.requests[4:])  # re-asks sample
+    asked: set[str] = set()
+    for r in server.requests:  # a conversation's first ask is greedy, its re-asks sample
+        turn = json.dumps(r["messages"])
+        assert r["temperature"] == (REASK_TEMPERATURE if turn in asked else 0.0)
+        asked.add(turn)
+    assert sum(r["temperature"] > 0 for r in server.requests) == 2
 
 
 def test_persistently_malformed_judge_exits_1_and_keeps_what_was_judged(tmp_path):
@@ -251,5 +258,175 @@ def test_find_marker(reply, expected):
 
 
 def test_unknown_annotator_lists_the_choices():
-    with pytest.raises(MaskDPOError, match="anah-v2, world:DIR"):
+    with pytest.raises(MaskDPOError, match="expected one of anah-v2, .*world:DIR"):
         make_annotator("gpt-judge", JudgeConfig())
+
+
+# --------------------------------------------------------------------------- streaming, many servers
+
+def _people(n: int, sentences: int = 3) -> list[dict]:
+    """Questions whose sentences all differ; "Paris" sentences take 3 turns, the others 2 or 1."""
+    facts = ["lives in Paris.", "met people from Mars.", "said hello."]
+    return [{"id": f"p{q}", "question": f"Who is person {q}?", "document": "Paris is in France.",
+             "responses": [{"index": 0, "text": " ".join(f"Person {q}-{s} {facts[s % 3]}" for s in range(sentences))}]}
+            for q in range(n)]
+
+
+def test_no_barrier_a_slow_sentence_holds_no_other_sentence(tmp_path):
+    """Turn 2 of every other sentence is asked while one sentence's turn 1 is still unanswered."""
+    def script(messages):
+        if len(messages) == 1 and "Person 0-0 " in messages[0]["content"]:
+            time.sleep(1.0)
+        return anah_script(messages)
+
+    samples = write_jsonl(tmp_path / "s.jsonl", _people(3))
+    with JudgeServer(script) as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2", judge=config(server, concurrency=8))
+    order = [(first_turn(c).split("Person ")[1].split(" ")[0], len([m for m in c if m["role"] == "user"]))
+             for c in server.conversations]
+    slow_turn2 = order.index(("0-0", 2))
+    # Every other sentence finished all its turns before the slow one's second turn was asked,
+    # even those of the same question and of the questions after it.
+    later_turns = [o for o in order[slow_turn2:] if o[0] != "0-0"]
+    assert later_turns == [], later_turns
+    assert [r["id"] for r in read_records(tmp_path / "out.jsonl", "annotated")] == ["p0", "p1", "p2"]
+
+
+def test_the_window_bounds_what_is_in_flight_and_output_keeps_input_order(tmp_path):
+    """With one server of concurrency 1 the window is 8 questions: question j is never asked
+    before question j - 7 is written, and records come out in input order."""
+    out = tmp_path / "out.jsonl"
+    written_when_asked: list[tuple[int, int]] = []
+
+    def script(messages):
+        q = int(first_turn(messages).split("Person ")[1].split("-")[0])
+        if len(messages) == 1:
+            written = out.read_text().count("\n") if out.exists() else 0
+            written_when_asked.append((q, written))
+        if q == 0:
+            time.sleep(0.05)  # the first question is the slowest: the others must wait for it
+        return anah_script(messages)
+
+    samples = write_jsonl(tmp_path / "s.jsonl", _people(20, sentences=1))
+    with JudgeServer(script) as server:
+        run_annotate(str(samples), str(out), annotator="anah-v2", judge=config(server, concurrency=1))
+    assert [r["id"] for r in read_records(out, "annotated")] == [f"p{q}" for q in range(20)]
+    assert all(written >= q - 7 for q, written in written_when_asked), written_when_asked
+    assert max(q for q, _ in written_when_asked) == 19
+
+
+def test_several_judge_urls_share_the_work_and_one_dying_mid_run_is_survived(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", _people(12, sentences=4))
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as a, JudgeServer() as b:
+        a.delay_first = b.delay_first = 10**9
+        a.delay = b.delay = 0.01
+        b.fail_after, b.retry_after = 15, None  # b answers 15 requests, then 503 for ever
+        result = cli("annotate", str(samples), "--judge-url", a.url, "--judge-url", b.url,
+                     "--concurrency", "4", "--max-retries", "3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert a.chat_requests > 15 and b.chat_requests > 15
+    records = read_records(out, "annotated")
+    assert [r["id"] for r in records] == [f"p{q}" for q in range(12)]
+    assert records[0]["annotator"]["judge"] == {"backend": "openai", "urls": [a.url, b.url], "model": "anah-v2-test"}
+
+
+def test_fact_level_verdicts_add_facts_and_fact_score(tmp_path):
+    """An annotator returning atomic facts (as factscore does) gets them on every response."""
+    from maskdpo_cli.annotation import annotate_record
+    from maskdpo_cli.annotators.base import Fact, Verdict
+
+    class Facts:
+        name = "facts"
+
+        def describe(self):
+            return {"name": self.name}
+
+        async def judge(self, record, sentences):
+            return [Verdict("ok", (Fact(f"{s} is true", True),)) if "Paris" in s else
+                    Verdict("nofact", ()) if "Hello" in s else
+                    Verdict("contradictory", (Fact("x", True), Fact("y", False), Fact("z", False)))
+                    for s in sentences]
+
+    import asyncio
+
+    record = asyncio.run(annotate_record(Q_EN, Facts()))
+    first, second = record["responses"][:2]
+    assert first["facts"] == [{"text": "The capital is Paris. is true", "sentence": 1, "label": "supported"},
+                              {"text": "x", "sentence": 2, "label": "supported"},
+                              {"text": "y", "sentence": 2, "label": "unsupported"},
+                              {"text": "z", "sentence": 2, "label": "unsupported"}]
+    assert (first["n_facts_supported"], first["n_facts_unsupported"], first["fact_score"]) == (2, 2, 0.5)
+    assert (second["n_facts_supported"], second["n_facts_unsupported"]) == (2, 2)
+    with JudgeServer() as server:  # a sentence-level annotator adds no fact fields
+        plain = asyncio.run(annotate_record(Q_EN, make_annotator("anah-v2", config(server))))
+    assert all("facts" not in resp and "fact_score" not in resp for resp in plain["responses"])
+
+
+# --------------------------------------------------------------------------- the authors' prompt file
+
+# The shape of open-compass/ANAH's anahv2_prompt.py (same functions, parameters and structure),
+# in our own words. The module-level line would leave a mark if the file were ever run.
+AUTHORS_SHAPE = '''
+import pathlib
+pathlib.Path(__file__).with_name("EXECUTED").write_text("the prompt file was run")
+
+
+def fact_check_prompt(question, annotation, language):
+    cn_user_prompt = f"""
+    事实？问题：{question}
+    句子：{annotation}
+    """
+
+    en_user_prompt = f"""
+    Facts? Q: {question}
+    S: {annotation} {{literal braces}}
+    """
+    return cn_user_prompt if language == "zh" else en_user_prompt
+
+
+def reference_check_prompt(question, reference, annotation, language):
+    cn_user_prompt = f"""参考：{reference} 问题：{question} 句子：{annotation}"""
+    en_user_prompt = f"""Extract from: {reference} for Q: {question} S: {annotation}"""
+    return cn_user_prompt if language == "zh" else en_user_prompt
+
+
+def hallucination_check_prompt(question, reference, annotation, language):
+    cn_user_prompt = f"""类型？{annotation} 要点：{reference}"""
+    en_user_prompt = f"""Type? {annotation} points: {reference}"""
+
+    return cn_user_prompt if language == "zh" else en_user_prompt
+'''
+
+
+def test_the_authors_prompt_file_is_read_for_both_languages_without_running_it(tmp_path):
+    prompt_file = tmp_path / "anahv2_prompt.py"
+    prompt_file.write_text(AUTHORS_SHAPE, encoding="utf-8")
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, Q_ZH])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as server:
+        result = cli("annotate", str(samples), "--judge-url", server.url, "--prompts", str(prompt_file), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "EXECUTED").exists()
+    assert [labels_of(r) for r in read_records(out, "annotated")] == [EN_LABELS, ZH_LABELS]
+    paris = next(c for c in server.conversations if len(c) == 5 and "The capital is Paris." in c[0]["content"])
+    assert paris[0]["content"] == f"\n    Facts? Q: {Q_EN['question']}\n    S: The capital is Paris. {{literal braces}}\n    "
+    assert paris[2]["content"] == f"Extract from: {Q_EN['document']} for Q: {Q_EN['question']} S: The capital is Paris."
+    assert paris[4]["content"] == f"Type? The capital is Paris. points: {paris[3]['content']}"
+    zh = next(c for c in server.conversations if len(c) == 5 and "首都是巴黎。" in c[0]["content"])
+    assert zh[0]["content"].startswith("\n    事实？问题：") and zh[2]["content"].startswith(f"参考：{Q_ZH['document']}")
+    assert zh[4]["content"] == f"类型？首都是巴黎。 要点：{zh[3]['content']}"
+    assert all(c[0]["role"] == "user" for c in server.conversations)  # the authors' protocol has no system turn
+
+
+def test_a_prompt_file_that_does_more_than_build_strings_is_refused(tmp_path):
+    prompt_file = tmp_path / "anahv2_prompt.py"
+    prompt_file.write_text(AUTHORS_SHAPE.replace('    return cn_user_prompt if language == "zh" else en_user_prompt\n\n\n'
+                                                 'def reference_check_prompt',
+                                                 '    return translate(en_user_prompt)\n\n\ndef reference_check_prompt', 1))
+    with pytest.raises(InputError, match=r"anahv2_prompt.py:16: fact_check_prompt\(\): unsupported expression Call"):
+        load_prompts(prompt_file)
+    prompt_file.write_text("def fact_check_prompt(question, annotation, language):\n    return ''\n")
+    with pytest.raises(InputError, match=r"no function reference_check_prompt\(\)"):
+        load_prompts(prompt_file)
+    assert not (tmp_path / "EXECUTED").exists()

@@ -23,6 +23,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path: Path):
     for row in rows:
         score = float(row.split("|")[4].split("±")[0])
         assert 0.0 <= score <= 100.0
+    # the quick world cannot separate the models: the table says so and points to the full demo
+    assert "SMOKE RUN" in table and "too small to separate the models" in table and "`maskdpo demo`" in table
     for name in ("base", "dpo", "maskdpo"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["questions"] > 0 and summary["replications"] == len(summary["per_replication"])

@@ -49,7 +49,7 @@ FOREIGN = ["La phrase contient des faits vérifiables, mais je ne peux pas répo
 
 
 def config(server: JudgeServer, **overrides) -> JudgeConfig:
-    return JudgeConfig(url=server.url, **{"max_retries": 3, "concurrency": 1, "backoff": 0.01, **overrides})
+    return JudgeConfig(urls=(server.url,), **{"max_retries": 3, "concurrency": 1, "backoff": 0.01, **overrides})
 
 
 def turn(messages: list[dict[str, str]]) -> int:

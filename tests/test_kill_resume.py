@@ -202,3 +202,85 @@ def test_train_refuses_to_resume_a_run_with_other_settings(tiny_llama_path, tmp_
     fresh = subprocess.run([*cmd, "--lr", "0.5", "--no-resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert "resuming" not in fresh.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of pid (from /proc: Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [child for child, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _rank_pids(pid: int) -> dict[int, int]:
+    """{LOCAL_RANK: pid} of the training ranks under a `maskdpo train --nproc` process."""
+    ranks = {}
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+        except OSError:
+            continue
+        if b"maskdpo_cli.distributed" in cmdline and b"LOCAL_RANK" in environ:
+            ranks[int(environ[b"LOCAL_RANK"])] = child
+    return ranks
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 240) -> None:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "timed out"
+        time.sleep(0.01)
+
+
+def test_two_process_train_survives_kill_9_of_a_rank_and_of_maskdpo(tiny_llama_path, tmp_path):
+    pairs = _pairs(tmp_path / "pairs.jsonl", 24)
+    work = tmp_path / "work"
+    log = work / "train_log.jsonl"
+    cmd = [*MASKDPO, "train", str(pairs), "--model", str(tiny_llama_path), "--recipe", "tiny_cpu_maskdpo",
+           "--batch-size", "2", "--epochs", "1", "--lr", "1e-3", "--gpus", "0", "--nproc", "2", "--seed", "3",
+           "--work-dir", str(work)]
+    steps = 12
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+
+    # kill -9 of rank 1 mid-training: torchrun ends the run, maskdpo says it failed.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: lines(log) >= 3 or proc.poll() is not None)
+    ranks = _rank_pids(proc.pid)
+    assert proc.poll() is None and set(ranks) == {0, 1}, "the run ended before it could be killed"
+    os.kill(ranks[1], signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert 3 <= lines(log) < steps
+
+    # kill -9 of maskdpo itself: its torchrun and both ranks go with it, nothing races the rerun.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(_rank_pids(proc.pid)) == 2 or proc.poll() is not None)
+    left = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() and b"Z" not in _state(pid) for pid in left), 60)
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stderr
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, steps + 1))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(work / "hf").config.num_hidden_layers == 2  # the export loads
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b"X"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.reporting import results_table, run_report
+from maskdpo_cli.reporting import results_table, run_report, smooth
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -20,7 +20,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _summary(name: str, score: float, best_of: dict | None = None) -> dict:
     summary = {"model": f"runs/{name}/hf", "name": name, "questions": 10, "replications": 3,
                "correct": score / 10, "incorrect": 10 - score / 10, "empty": 0.0, "score": score,
-               "score_sd": 1.5, "per_replication": [], "per_topic": {}}
+               "score_sd": 1.5, "per_replication": [], "per_topic": {},
+               "labels": {"nofact": 1.5, "ok": 2.5, "contradictory": 4.0, "unverifiable": 1.0},
+               "fact_precision": 33.333}
     if best_of:
         summary["best_of"] = best_of
     return summary
@@ -66,6 +68,65 @@ def test_results_table_deltas_against_the_first_model():
     headers, rows = results_table([_summary("a", 40.0), _summary("b", 45.25, {"2": 50.0})])
     assert headers[-2:] == ["Δ vs a", "best-of-2"]
     assert rows[0][-2:] == ["+0.00", "-"] and rows[1][-2:] == ["+5.25", "50.00"]
+
+
+def test_results_table_shows_no_fact_sentences_and_fact_precision():
+    headers, rows = results_table([_summary("a", 40.0), {**_summary("b", 0.0), "fact_precision": None}])
+    no_fact, precision = headers.index("# no fact"), headers.index("% fact precision")
+    assert [rows[0][no_fact], rows[0][precision]] == ["1.5", "33.33"]
+    assert rows[1][precision] == "-"  # a model that stated no checkable fact has no precision
+
+
+def test_smoothing_is_a_trailing_moving_average():
+    assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert smooth([4.0, 0.0], 1) == [4.0, 0.0]
+
+
+ANSWERS = {  # model -> (answer text, labels of its sentences in order)
+    "base": ("Ana Vell was born in 1801. She was a potter. I hope this helps.", ["contradictory", "ok", "nofact"]),
+    "dpo": ("Ana Vell was born in 1802. She lived in <Mora> & Dale.", ["ok", "unverifiable"]),
+    "maskdpo": ("Ana Vell was born in 1802.", ["ok"]),
+}
+
+
+def _annotated_eval_dir(root: Path, questions: int = 12) -> Path:
+    out = root / "eval"
+    for name, (text, labels) in ANSWERS.items():
+        (out / name).mkdir(parents=True)
+        (out / name / "summary.json").write_text(json.dumps(_summary(name, 50.0)))
+        spans = [(m.start(), m.end()) for m in re.finditer(r"[^.]+\.", text)]
+        spans = [(a + (text[a] == " "), b) for a, b in spans]
+        records = []
+        for q in range(questions):
+            sentences = [{"start": a, "end": b, "text": text[a:b], "label": label}
+                         for (a, b), label in zip(spans, labels)]
+            ok = sum(label in ("ok", "nofact") for label in labels)
+            other = {"index": 1, "text": "Not shown.", "sentences": [], "n_correct": 0, "n_incorrect": 0,
+                     "score": 0.0}
+            records.append({"id": f"q{q}", "question": f"Who is person {q}?", "topic": f"topic {q % 3}",
+                            "responses": [other, {"index": 0, "text": text, "sentences": sentences,
+                                                  "n_correct": ok, "n_incorrect": len(labels) - ok,
+                                                  "score": ok / len(labels)}]})
+        (out / name / "annotated.r0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "results.json").write_text(json.dumps({"models": list(ANSWERS)}))
+    return out
+
+
+def test_example_answers_page_shows_each_question_side_by_side_coloured_by_label(tmp_path):
+    page = Path(run_report([str(_annotated_eval_dir(tmp_path))], str(tmp_path / "report")))
+    assert "href='examples.html'" in page.read_text()
+    html = (tmp_path / "report" / "examples.html").read_text()
+    questions = re.findall(r"<h2>Who is person (\d+)\?", html)
+    assert len(questions) == 10 and len(set(questions)) == 10  # 10 of the 12, spread over them
+    assert questions[0] == "0" and int(questions[-1]) >= 10
+    first = html.split("<h2>")[1]
+    assert [m for m in re.findall(r"<h3>(\w+)</h3>", first)] == ["base", "dpo", "maskdpo"]  # eval order
+    spans = re.findall(r"<span class='(\w+)' title='\1'>([^<]*)</span>", first)
+    assert spans == [("contradictory", "Ana Vell was born in 1801."), ("ok", "She was a potter."),
+                     ("nofact", "I hope this helps."), ("ok", "Ana Vell was born in 1802."),
+                     ("unverifiable", "She lived in &lt;Mora&gt; &amp; Dale."), ("ok", "Ana Vell was born in 1802.")]
+    assert "Not shown." not in html  # the evaluated answer is the first response (index 0)
+    assert "1 ok, 1 nofact, 1 contradictory; score 67%" in first
 
 
 def test_work_dir_without_logs_is_bad_input(tmp_path):

@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskdpo_cli.segmentation import Sentence, detect_language, split_sentences
+from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.segmentation import SEGMENTERS, Sentence, detect_language, split_sentences
 
 
-def texts(text: str, language: str | None = None) -> list[str]:
-    return [s.text for s in split_sentences(text, language)]
+def texts(text: str, language: str | None = None, segmenter: str = "default") -> list[str]:
+    return [s.text for s in split_sentences(text, language, segmenter)]
 
 
 def assert_invariants(text: str, sentences: list[Sentence]) -> None:
@@ -70,6 +71,14 @@ def test_marker_alone_at_the_end_joins_the_previous_sentence():
     assert texts("1.") == ["1."]  # nothing to join: it stays, rather than losing characters
 
 
+def test_sentences_glued_without_a_space_are_split_but_acronyms_stay_whole():
+    assert texts("It is red.It is big.") == ["It is red.", "It is big."]
+    assert texts("He left in 1990.Then he came back.") == ["He left in 1990.", "Then he came back."]
+    text = "He lived in the U.S. and in D.C. for years, e.g. in 1990. Visit www.Google.com today."
+    assert texts(text) == ["He lived in the U.S. and in D.C. for years, e.g. in 1990.",
+                           "Visit www.Google.com today."]
+
+
 def test_hard_wrapped_prose_is_one_sentence():
     assert texts("The cat sat on\nthe mat. It was happy.") == ["The cat sat on\nthe mat.", "It was happy."]
 
@@ -103,6 +112,55 @@ def test_detect_language():
     assert detect_language("Paris is 巴黎.") == "en"
 
 
+# --- the anah-v2 segmenter: ANAH-v2's eval/anah_v2/utils.py sentence_tokenize boundaries ---
+
+def anah(text: str, language: str = "en") -> list[str]:
+    sentences = split_sentences(text, language, segmenter="anah-v2")
+    assert_invariants(text, sentences)
+    return [s.text for s in sentences]
+
+
+def test_anah_v2_english_splits_on_stop_then_whitespace_and_on_newlines():
+    assert anah("Paris is big. Berlin is too! Is Rome? Yes; it is.\nLondon\n\nMadrid") == [
+        "Paris is big.", "Berlin is too!", "Is Rome?", "Yes;", "it is.", "London", "Madrid"]
+    # no whitespace after the stop, no split (unlike the default segmenter)
+    assert anah("It is red.It is big.") == ["It is red.It is big."]
+
+
+def test_anah_v2_english_quirks():
+    # a month abbreviation and a number after ". " glue the next sentence on
+    assert anah("He was born in Jan. 1950. He died in 2001.") == ["He was born in Jan. 1950. He died in 2001."]
+    # a capital initial before a space glues the next word: "U.S. He" is one sentence
+    assert anah("J. K. Rowling lives in the U.S. He left. Smith et al. found it. Then A. Next.") == [
+        "J. K. Rowling lives in the U.S. He left.", "Smith et al. found it.", "Then A. Next."]
+    # a line ending in a colon joins the next line; numbered items keep their number
+    assert anah("Facts:\n1. Paris is big.\n2. Rome is old. 3. Oslo is cold.") == [
+        "Facts:\n1. Paris is big.", "2. Rome is old.", "3. Oslo is cold."]
+    assert anah("1. First.  Brown v. Board was decided. Dr. Smith agreed.") == [
+        "1. First.", "Brown v. Board was decided.", "Dr. Smith agreed."]
+
+
+def test_anah_v2_chinese():
+    text = "巴黎是法国的首都。它位于塞纳河畔！你去过吗？好；坏.The end. 列表：\n  一、北京\n\n二、上海"
+    assert anah(text, "zh") == ["巴黎是法国的首都。", "它位于塞纳河畔！", "你去过吗？", "好；",
+                                "坏.The end. 列表：\n  一、北京", "二、上海"]
+
+
+def test_anah_v2_offsets_are_exact_with_surrounding_and_inner_whitespace():
+    text = "  Note:\t\n  J. K. Rowling wrote it.   It sold well.\n"
+    sentences = split_sentences(text, "en", segmenter="anah-v2")
+    assert [(s.start, s.end) for s in sentences] == [(2, 34), (37, 50)]
+    assert sentences[0].text == "Note:\t\n  J. K. Rowling wrote it."
+    # two spaces after an initial are more than its rule allows: there it splits
+    assert anah("J.  K. Rowling wrote it.") == ["J.", "K. Rowling wrote it."]
+
+
+def test_unknown_segmenter_names_the_flag_and_the_choices():
+    assert SEGMENTERS == ("default", "anah-v2")
+    with pytest.raises(MaskDPOError, match=r"--segmenter.*default, anah-v2"):
+        split_sentences("Hello.", segmenter="nltk")
+
+
 _PIECES = st.sampled_from(["Paris is big.", "Dr.", "e.g.", "U.S.", "J.", "1.", "a)", "- ", "* ", "**Term:**",
                            "# ", "\n", "\n\n", " ", "  ", "。", "！", "巴黎很大", "？", "”", "\"", "...", "!", "?",
                            "Mr. Smith", "3.5", "(1)", "一、", "\t", "😀", "é"])
@@ -113,3 +171,15 @@ _PIECES = st.sampled_from(["Paris is big.", "Dr.", "e.g.", "U.S.", "J.", "1.", "
        st.sampled_from([None, "en", "zh"]))
 def test_invariants_hold_for_any_text(text, language):
     assert_invariants(text, split_sentences(text, language))
+
+
+_ANAH_PIECES = st.sampled_from(["Paris is big.", "Jan.", "1950.", "J.", "K.", "U.S.", "et al.", "found", "1.",
+                                ":", "：", ";", "!", "?", ".", " ", "\n", "\n\n", "\t", "O.S.B.M.", "Brown v.",
+                                "Board", "。", "！", "；", "巴黎", "\u3000", "A.", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=120), st.lists(_ANAH_PIECES, max_size=25).map("".join)),
+       st.sampled_from(["en", "zh"]))
+def test_anah_v2_invariants_hold_for_any_text(text, language):
+    assert_invariants(text, split_sentences(text, language, segmenter="anah-v2"))

@@ -190,3 +190,35 @@ def test_quick_pretrain_gives_a_loadable_chat_model(world_dir, tmp_path):
     out = model.generate(**tokenizer(text, return_tensors="pt", add_special_tokens=False), max_new_tokens=3,
                          do_sample=False)
     assert out.shape[1] <= len(enc["input_ids"]) + 3
+
+
+def test_the_oracle_labels_every_claim_as_an_atomic_fact(world, oracle):
+    import asyncio
+
+    from maskdpo_cli.annotators.base import Fact
+
+    e = full_entity(world)
+    name, facts = e["name"], e["facts"]
+    wrong_year = str(int(facts["birth_year"]) + 3)
+    rec = {"entity": name, "question": f"Who is {name}?"}
+    sentences = [
+        "Many people admire her.",                                     # filler: no claim
+        "Garbled words, not the grammar's.",                           # unparsable: no fact it can read
+        f"She speaks {facts['language']}.",                            # one true claim, pronoun resolved
+        f"Born in {facts['birthplace']} in {wrong_year}, she works as {grammar.article(facts['occupation'])} "
+        f"{facts['occupation']}.",                                     # three claims, one false
+        f"Zorbo Quaxley lives in {facts['residence']}.",               # a claim about nobody the world knows
+    ]
+    verdicts = asyncio.run(oracle.judge(rec, sentences))
+    assert [v.label for v in verdicts] == ["nofact", "unverifiable", "ok", "contradictory", "unverifiable"]
+    assert [v.facts for v in verdicts] == [
+        (), (),
+        (Fact(f"{name} speaks {facts['language']}.", True),),
+        (Fact(f"{name} was born in {facts['birthplace']}.", True), Fact(f"{name} was born in {wrong_year}.", False),
+         Fact(f"{name} works as {grammar.article(facts['occupation'])} {facts['occupation']}.", True)),
+        (Fact(f"Zorbo Quaxley lives in {facts['residence']}.", False),),
+    ]
+    # Each fact's text is the canonical sentence a reference document states, and parses back.
+    for fact in verdicts[3].facts:
+        (parsed,) = grammar.parse(fact.text)
+        assert parsed.name == name

@@ -4,15 +4,17 @@ Turn 1 asks whether the sentence states verifiable facts (`<No Facts>` ends it: 
 Turn 2 asks for the information in the question's reference document that bears on the
 sentence (`<No Reference Information>` ends it: unverifiable). Turn 3 asks for the
 hallucination type (no hallucination / contradictory / unverifiable). Each turn is
-appended after the judge's previous reply, in one conversation per sentence, and each
-turn is sent for all pending sentences of a question at once so the judge works in batches.
+appended after the judge's previous reply, in one conversation per sentence. Every
+sentence is its own coroutine: it asks its next turn as soon as its previous reply is back,
+with no barrier across sentences or questions, so a served judge always has work in flight.
 
 A reply without the expected marker is asked again (up to --max-retries), then reported:
 a label is never guessed. Judgments are cached by (judge, prompts, question, document,
 sentence), so a sentence repeated across the K samples is judged once, and the cache is
 appended to a file next to the output so a resumed run does not pay twice.
 
---prompts FILE replaces the wording, e.g. with the prompts the ANAH-v2 model was trained on:
+--prompts FILE replaces the wording. It is either the authors' own `anahv2_prompt.py`
+(the prompts the ANAH-v2 model was trained on; read by anah_prompt_file, never run) or JSON:
     {"en": {"system": "...", "facts": "...", "reference": "...", "judge": "..."}, "zh": {...}}
 Templates use {question}, {document} and {sentence}; "judge" may also use {reference}, the
 judge's turn-2 reply. Only these placeholders are replaced; other braces are kept as written.
@@ -21,14 +23,18 @@ A missing language or key keeps the built-in wording.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from maskdpo_cli.annotators.judges import make_judge
+from maskdpo_cli.annotators.anah_prompt_file import is_prompt_module, read_prompt_module
+from maskdpo_cli.annotators.base import Verdict
+from maskdpo_cli.annotators.judges import Messages, make_judge
 from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import RecordWriter, recover_appendable
 from maskdpo_cli.records import LABELS
@@ -141,20 +147,30 @@ TURNS: tuple[tuple[str, Callable[[str], str | None], str], ...] = (
 )
 
 
-def load_prompts(path: str | Path | None) -> dict[str, dict[str, str]]:
-    """The built-in prompts, overridden by a --prompts JSON file; every template is checked."""
-    prompts = {lang: dict(templates) for lang, templates in DEFAULT_PROMPTS.items()}
+def load_prompts(path: str | Path | None, defaults: dict[str, dict[str, str]] | None = None,
+                 placeholders: dict[str, set[str]] | None = None) -> dict[str, dict[str, str]]:
+    """The built-in prompts, overridden by a --prompts JSON file; every template is checked.
+
+    `defaults` and `placeholders` (template key -> the placeholders it may use) are another
+    annotator's own; anah-v2's when omitted.
+    """
+    defaults = DEFAULT_PROMPTS if defaults is None else defaults
+    placeholders = PLACEHOLDERS if placeholders is None else placeholders
+    prompts = {lang: dict(templates) for lang, templates in defaults.items()}
     if path is None:
         return prompts
     name = str(path)
     try:
-        user = json.loads(Path(path).read_text(encoding="utf-8"))
+        if is_prompt_module(path):  # the authors' anahv2_prompt.py, read without running it
+            user: Any = read_prompt_module(path)
+        else:
+            user = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MaskDPOError(f"--prompts {name}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"not a readable JSON file ({err})", name) from None
     if not isinstance(user, dict):
-        raise InputError('expected an object like {"en": {"facts": "...", ...}}', name)
+        raise InputError(f'expected an object like {{"en": {{"{next(iter(placeholders))}": "...", ...}}}}', name)
     for lang, templates in user.items():
         if lang not in prompts:
             raise InputError(f"unknown language; expected {', '.join(prompts)}", name, field=lang)
@@ -162,14 +178,14 @@ def load_prompts(path: str | Path | None) -> dict[str, dict[str, str]]:
             raise InputError("expected an object of templates", name, field=lang)
         for key, template in templates.items():
             where = f"{lang}.{key}"
-            if key not in PROMPT_KEYS:
-                raise InputError(f"unknown template; expected {', '.join(PROMPT_KEYS)}", name, field=where)
+            if key not in placeholders:
+                raise InputError(f"unknown template; expected {', '.join(placeholders)}", name, field=where)
             if not isinstance(template, str) or (key != "system" and not template.strip()):
                 raise InputError("expected a non-empty string", name, field=where)
-            unknown = set(_PLACEHOLDER_RE.findall(template)) - PLACEHOLDERS[key]
+            unknown = set(_PLACEHOLDER_RE.findall(template)) - placeholders[key]
             if unknown:
                 raise InputError(f"unknown placeholder {{{sorted(unknown)[0]}}}; this template may use "
-                                 + ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS[key])), name, field=where)
+                                 + ", ".join(f"{{{p}}}" for p in sorted(placeholders[key])), name, field=where)
             prompts[lang][key] = template
     return prompts
 
@@ -184,13 +200,24 @@ def _digest(value: Any) -> str:
 
 
 class JudgmentCache:
-    """Labels by key, kept in memory and appended to a JSONL file (when there is one) as they come."""
+    """Judgments by key: those of earlier runs (read once, from the file), and new ones appended to it.
 
-    def __init__(self, path: str | Path | None) -> None:
+    Each judgment is a record {"key", "label", ...details}; `record` returns it whole, for
+    annotators that keep more than the label (factscore keeps the sentence's facts).
+    With keep_new=False a judgment made in this run is written, not kept in memory: its
+    caller holds it already, and keeping every one would grow memory with the input
+    (millions of sentences at paper scale). Lines are flushed as they come (a kill -9 loses
+    none) and synced on close.
+    """
+
+    def __init__(self, path: str | Path | None, keep_new: bool = True) -> None:
         self.path = None if path is None else Path(path)
-        self._labels: dict[str, str] | None = None
+        self.keep_new = keep_new
+        self._labels: dict[str, dict[str, Any]] | None = None
+        self._writer: RecordWriter | None = None
+        self._fh: Any = None
 
-    def _load(self) -> dict[str, str]:
+    def _load(self) -> dict[str, dict[str, Any]]:
         if self._labels is None:
             self._labels = {}
             try:
@@ -201,28 +228,40 @@ class JudgmentCache:
                 if not isinstance(rec.get("key"), str) or rec.get("label") not in LABELS:
                     raise InputError("not a judgment record; delete the file to judge again",
                                      str(self.path), lineno)
-                self._labels[rec["key"]] = rec["label"]
+                self._labels[rec["key"]] = rec
         return self._labels
 
     def get(self, key: str) -> str | None:
+        rec = self._load().get(key)
+        return None if rec is None else rec["label"]
+
+    def record(self, key: str) -> dict[str, Any] | None:
         return self._load().get(key)
 
     def put(self, key: str, label: str, **details: Any) -> None:
-        self._load()[key] = label
-        if self.path is not None:
+        rec = {"key": key, "label": label, **details}
+        if self.keep_new:
+            self._load()[key] = rec
+        if self.path is None:
+            return
+        try:
+            if self._writer is None:
+                self._load()  # a torn last line is cut before we append
+                self._fh = open(self.path, "a", encoding="utf-8")
+                self._writer = RecordWriter(self._fh)
+            self._writer.write(rec)
+        except OSError as err:
+            raise MaskDPOError(f"{self.path}: cannot write judgments ({err.strerror})") from None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            fh, self._fh, self._writer = self._fh, None, None
             try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    RecordWriter(fh, durable=True).write({"key": key, "label": label, **details})
+                with fh:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             except OSError as err:
                 raise MaskDPOError(f"{self.path}: cannot write judgments ({err.strerror})") from None
-
-
-@dataclass
-class _Conversation:
-    key: str
-    sentence: str
-    messages: list[dict[str, str]]
-    replies: list[str] = field(default_factory=list)
 
 
 class AnahV2Annotator:
@@ -232,8 +271,8 @@ class AnahV2Annotator:
         self.config = config
         self.prompts = load_prompts(config.prompts_file)  # a bad file stops us before any judging
         self.prompts_digest = _digest(self.prompts)[:16]
-        self.judge = make_judge(config)
-        self.cache = JudgmentCache(config.cache_path)
+        self.chat = make_judge(config)
+        self.cache = JudgmentCache(config.cache_path, keep_new=False)
 
     def validate(self, record: dict[str, Any], path: str = "<input>", line: int | None = None) -> None:
         document = record.get("document")
@@ -245,75 +284,93 @@ class AnahV2Annotator:
         prompts: Any = "builtin"
         if self.config.prompts_file is not None:
             prompts = {"file": str(self.config.prompts_file), "sha256": self.prompts_digest}
-        return {"name": self.name, "judge": self.judge.describe(), "prompts": prompts}
+        return {"name": self.name, "judge": self.chat.describe(), "prompts": prompts}
 
-    def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
+    async def aclose(self) -> None:
+        try:
+            await self.chat.aclose()
+        finally:
+            self.cache.close()
+
+    async def judge(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
+        """Every sentence runs its own conversation at once; each moves on as soon as its reply is back."""
         self.validate(record)  # callers other than run_annotate get the same clear error
+        await self.chat.ready()  # the served model's name is part of every cache key
         language = record.get("language") or detect_language(record["question"] + record["document"])
-        keys = [self._key(record, language, s) for s in sentences]
-        todo = {k: s for k, s in zip(keys, sentences) if self.cache.get(k) is None}
-        if todo:
-            self._judge(record, language, todo)
-        return [self.cache.get(k) for k in keys]
-
-    def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:
-        """Same judge, same prompts, same question and document, same sentence: same label."""
-        judge = self.judge.describe()
-        identity = [judge["backend"], judge["model"], language, self.prompts_digest,
-                    record["question"], record["document"], sentence]
-        return _digest(identity)
-
-    def _judge(self, record: dict[str, Any], language: str, todo: dict[str, str]) -> None:
-        """Run the three turns for every sentence in `todo`; cache each label as it is decided."""
-        templates = self.prompts[language]
-        context = {"question": record["question"], "document": record["document"]}
-        system = [{"role": "system", "content": render(templates["system"], context)}] \
-            if templates["system"].strip() else []
-        active = [_Conversation(k, s, list(system)) for k, s in todo.items()]
-        failures: list[tuple[_Conversation, str, str]] = []
-        for turn, parse, expected in TURNS:
-            for conv in active:
-                values = {**context, "sentence": conv.sentence,
-                          "reference": conv.replies[-1] if conv.replies else ""}
-                conv.messages.append({"role": "user", "content": render(templates[turn], values)})
-            verdicts, malformed = self._ask(active, parse)
-            failures += [(conv, reply, expected) for conv, reply in malformed]
-            active = []
-            for conv, verdict in verdicts:
-                if verdict == CONTINUE:
-                    active.append(conv)
-                else:
-                    self.cache.put(conv.key, verdict, sentence=conv.sentence, replies=conv.replies)
+        outcomes = await _all([self._sentence(record, language, s) for s in sentences])
+        failures = [o for o in outcomes if isinstance(o, _Failure)]
         if failures:
-            conv, reply, expected = failures[0]
+            first = failures[0]
             more = f" ({len(failures) - 1} more sentences failed the same way)" if len(failures) > 1 else ""
             kept = f"; judgments so far are kept in {self.cache.path}, rerun to resume" if self.cache.path else ""
             raise JudgeError(
                 f"question {record['id']!r}: the judge gave no usable reply for the sentence "
-                f"{conv.sentence[:200]!r} after {self.config.max_retries + 1} attempts; expected {expected}, "
-                f"last reply: {reply[:300]!r}{more}{kept}")
+                f"{first.sentence[:200]!r} after {self.config.max_retries + 1} attempts; expected "
+                f"{first.expected}, last reply: {first.reply[:300]!r}{more}{kept}")
+        return [Verdict(label) for label in outcomes]  # type: ignore[arg-type]
 
-    def _ask(self, conversations: list[_Conversation], parse: Callable[[str], str | None]
-             ) -> tuple[list[tuple[_Conversation, str]], list[tuple[_Conversation, str]]]:
-        """(verdicts, malformed): each conversation's verdict for its last turn, re-asking bad replies."""
-        pending, verdicts, last = list(conversations), [], {}
+    def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:
+        """Same judge, same prompts, same question and document, same sentence: same label."""
+        judge = self.chat.describe()
+        identity = [judge["backend"], judge["model"], language, self.prompts_digest,
+                    record["question"], record["document"], sentence]
+        return _digest(identity)
+
+    async def _sentence(self, record: dict[str, Any], language: str, sentence: str) -> str | _Failure:
+        """The three turns of one sentence's conversation (fewer when a turn decides); cached."""
+        key = self._key(record, language, sentence)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        templates = self.prompts[language]
+        values = {"question": record["question"], "document": record["document"], "sentence": sentence}
+        messages: Messages = []
+        if templates["system"].strip():
+            messages.append({"role": "system", "content": render(templates["system"], values)})
+        replies: list[str] = []
+        for turn, parse, expected in TURNS:
+            values["reference"] = replies[-1] if replies else ""
+            messages.append({"role": "user", "content": render(templates[turn], values)})
+            verdict, reply = await self._ask(messages, parse)
+            if verdict is None:
+                return _Failure(sentence, expected, reply)
+            messages.append({"role": "assistant", "content": reply})
+            replies.append(reply)
+            if verdict != CONTINUE:
+                self.cache.put(key, verdict, sentence=sentence, replies=replies)
+                return verdict
+        raise AssertionError("the last turn always decides")
+
+    async def _ask(self, messages: Messages, parse: Callable[[str], str | None]) -> tuple[str | None, str]:
+        """(verdict, reply) for the conversation's last turn; a malformed reply is asked again."""
+        reply = ""
         for attempt in range(self.config.max_retries + 1):
-            if not pending:
-                break
             temperature = 0.0 if attempt == 0 else REASK_TEMPERATURE
-            replies = self.judge.complete([c.messages for c in pending], temperature=temperature)
-            retry = []
-            for conv, reply in zip(pending, replies):
-                verdict = parse(reply)
-                if verdict is None:
-                    retry.append(conv)
-                    last[conv.key] = reply
-                    continue
-                conv.messages.append({"role": "assistant", "content": reply})
-                conv.replies.append(reply)
-                verdicts.append((conv, verdict))
-            pending = retry
-        return verdicts, [(conv, last[conv.key]) for conv in pending]
+            reply = await self.chat.reply(messages, temperature=temperature)
+            verdict = parse(reply)
+            if verdict is not None:
+                return verdict, reply
+        return None, reply
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A sentence the judge never answered in the protocol's terms."""
+
+    sentence: str
+    expected: str
+    reply: str
+
+
+async def _all(coroutines: list[Any]) -> list[Any]:
+    """Their results, in order; on the first exception the others are cancelled, then it is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 __all__ = ["AnahV2Annotator", "DEFAULT_PROMPTS", "load_prompts", "find_marker", "render", "JudgmentCache"]

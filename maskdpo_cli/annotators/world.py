@@ -22,6 +22,15 @@ facts are checked against world.json. Decisions, all of them:
 - A fact about another known entity, named in full, is checked against that entity.
 Values compare exactly (after collapsing whitespace); the article before an occupation
 is grammar, not part of the value.
+
+Atomic facts, exactly: every parsed (entity, attribute, value) claim is one fact,
+supported when it is true of its entity (unknown names, missing attributes and
+unresolved pronouns are not supported). A fact's text is the attribute's canonical
+template about the entity named in full (pronouns resolved; "This person" when nobody
+resolves), i.e. the very sentence a reference document holds when the fact is true. A
+sentence that states no fact (filler, empty) and one the grammar cannot parse have no
+facts: the oracle cannot split what it cannot read, so garble weighs on the sentence
+score but not on the fact score.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from maskdpo_cli.annotators.base import Verdict
+from maskdpo_cli.annotators.base import Fact, Verdict
 from maskdpo_cli.world import grammar
 from maskdpo_cli.world.generator import load_world
 
@@ -60,27 +69,35 @@ class WorldAnnotator:
         return grammar.parse_question(question) if isinstance(question, str) else None
 
     def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
+        return [v.label for v in self.verdicts(record, sentences)]
+
+    def verdicts(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
         entity = self.entity_of(record)
-        return [self.label_sentence(s, entity) for s in sentences]
+        return [self.judge_sentence(s, entity) for s in sentences]
 
     async def judge(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
         # Pure computation, microseconds per sentence: no reason to leave the event loop.
-        return [Verdict(label) for label in self.label(record, sentences)]
+        return self.verdicts(record, sentences)
 
     def label_sentence(self, sentence: str, entity: str | None) -> str:
+        return self.judge_sentence(sentence, entity).label
+
+    def judge_sentence(self, sentence: str, entity: str | None) -> Verdict:
         if not _HAS_CONTENT.search(sentence):
-            return "nofact"
+            return Verdict("nofact", ())
         facts = grammar.parse(sentence)
         if facts is None:
-            return "unverifiable"
+            return Verdict("unverifiable", ())
         if not facts:
-            return "nofact"
+            return Verdict("nofact", ())
         verdicts = [self._check(f, entity) for f in facts]
+        atomic = tuple(Fact(grammar.fact_text(f.name or entity or "This person", f.attribute, f.value), v == "ok")
+                       for f, v in zip(facts, verdicts))
         if "contradictory" in verdicts:
-            return "contradictory"
+            return Verdict("contradictory", atomic)
         if "unverifiable" in verdicts:
-            return "unverifiable"
-        return "ok"
+            return Verdict("unverifiable", atomic)
+        return Verdict("ok", atomic)
 
     def _check(self, fact: grammar.Fact, entity: str | None) -> str:
         name = fact.name or entity

@@ -202,6 +202,16 @@ def canonical_templates() -> dict[str, str]:
     return out
 
 
+def fact_text(subject: str, attribute: str, value: str) -> str:
+    """One claim as an atomic fact: the attribute's canonical template about `subject`.
+
+    With a full name this is exactly the sentence a reference document holds for a true
+    fact, and it parses back to (subject, attribute, value).
+    """
+    # The canonical templates name the subject in full ({S}), so the gender is never used.
+    return render(canonical_templates()[attribute], subject, "f", {attribute: value})
+
+
 def render_document(name: str, gender: str, facts: dict[str, str]) -> str:
     """The reference text for an entity: every known fact, canonical template, full name."""
     canon = canonical_templates()

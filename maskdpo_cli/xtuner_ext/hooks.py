@@ -74,17 +74,20 @@ class TrainProgressHook(Hook):
         self._lr = _current_lr(runner)  # the rate this step uses; the scheduler moves it afterwards
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        if data_batch:
-            self.pairs += int(data_batch["data"]["pair_index"].numel()) * self.world
-            # Real (unpadded) tokens through the policy, chosen and rejected; other ranks ~ this one.
-            self.tokens += int(data_batch["data"]["attention_mask"].sum()) * self.world
+        metrics = {key: _scalar(value) for key, value in (outputs or {}).items() if key in METRICS}
+        pairs = int(data_batch["data"]["pair_index"].numel()) if data_batch else 0
+        # Real (unpadded) tokens through the policy, chosen and rejected.
+        tokens = int(data_batch["data"]["attention_mask"].sum()) if data_batch else 0
+        if self.world > 1:  # every rank takes part: the log describes the global batch
+            metrics, pairs, tokens = global_batch(metrics, pairs, tokens)
+        self.pairs += pairs
+        self.tokens += tokens
         if not is_main_process():
             return
         step = runner.iter + 1
         elapsed = time.perf_counter() - self.start_time
         rate = self.pairs / elapsed if elapsed > 0 else 0.0
         eta = (self.total_iters - step) * elapsed / max(step - self.first_iter, 1)
-        metrics = {key: _scalar(value) for key, value in (outputs or {}).items() if key in METRICS}
         lr = self._lr
         record = {"step": step, "epoch": round(step / self.iters_per_epoch, 4), **metrics, "lr": lr,
                   "pairs_per_s": round(rate, 4), "elapsed_s": round(elapsed, 3)}
@@ -119,9 +122,37 @@ class TrainProgressHook(Hook):
             "train_tokens_per_s": round(self.tokens / elapsed, 1) if getattr(self, "tokens", 0) and elapsed > 0 else None,
             "reference_seconds": runner.message_hub.get_info("maskdpo/ref_seconds", 0.0),
             "reference_pairs_computed": runner.message_hub.get_info("maskdpo/ref_computed", 0),
+            "peak_gpu_memory_gb": _peak_gpu_memory_gb(),
             "last": self._last,
         }
         (Path(runner.work_dir) / self.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def global_batch(metrics: dict[str, float], pairs: int, tokens: int) -> tuple[dict[str, float], int, int]:
+    """The step over all ranks: each metric (a mean over this rank's pairs) averaged with
+    every rank's pair count as weight, and the pairs and tokens summed. Collective.
+
+    XTuner's DPO (and mmengine's logger) show rank 0's share only: on 8 GPUs with micro
+    batch 1, a curve of single pairs.
+    """
+    import torch
+    from mmengine.dist import all_reduce
+
+    keys = sorted(metrics)
+    sums = torch.tensor([metrics[key] * pairs for key in keys] + [pairs, tokens], dtype=torch.float64)
+    all_reduce(sums, op="sum")
+    total = sums[-2].item()
+    means = {key: sums[i].item() / total if total else float("nan") for i, key in enumerate(keys)}
+    return means, int(total), int(sums[-1].item())
+
+
+def _peak_gpu_memory_gb() -> float | None:
+    """Peak memory torch allocated on this rank's GPU over the run; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
 def _cpu_seconds() -> float:

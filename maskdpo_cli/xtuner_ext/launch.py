@@ -1,10 +1,9 @@
-"""Run XTuner's own `train` entry on a config, in this process or under torchrun.
+"""Run XTuner's own `train` entry on a config, in this process or as one rank of several.
 
 `xtuner train` (the console script) re-launches `python` from PATH, which is not
-necessarily the interpreter maskdpo runs in; so the single-process path calls
-`xtuner.tools.train.main` in-process, and the multi-GPU path starts
-`sys.executable -m torch.distributed.run ... -m maskdpo_cli.xtuner_ext.launch CONFIG ...`,
-whose ranks land in `main()` below. Both apply the CPU shim first.
+necessarily the interpreter maskdpo runs in; so every path calls `xtuner.tools.train.main`
+in-process, on every rank too (`maskdpo_cli.distributed` starts and joins the ranks).
+The CPU shim comes first.
 """
 
 from __future__ import annotations
@@ -37,17 +36,3 @@ def run_xtuner_train(args: Sequence[str]) -> None:
         xtuner_train.main()
     finally:
         sys.argv = saved
-
-
-def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
-    """One process per GPU with the current interpreter."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "-m", "maskdpo_cli.xtuner_ext.launch", *args]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    run_xtuner_train(list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    main()

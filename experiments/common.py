@@ -1,0 +1,277 @@
+"""What the generalization studies (Tables 4, 5 and 6) share, read top to bottom.
+
+Every step is a real `maskdpo` command run as a subprocess, exactly as a user would type
+it; the scripts only choose files and flags, and collect each eval's summary.json.
+
+Per world seed, in ROOT/seed<S>/:
+    world make, world pretrain          -> world/, world/policy        (the base model)
+    sample, annotate (oracle), pair     -> samples, annotated, pairs   (all training pairs)
+    train Mask-DPO on all pairs         -> runs/maskdpo-all/hf         (Table 4's full point, Table 6)
+    eval the base on the test topics    -> eval-base/                  (the reference row)
+
+Reruns skip what is finished: a step whose output exists is not run again, and the long
+commands (sample, annotate, train, eval) resume their own partial outputs.
+
+Tables hold mean ± sd over seeds of the paper's columns (# correct, # incorrect, % score),
+the two that show the filler effect (# no fact, % fact precision), and the fact-level
+columns of summary.json when the annotator wrote them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one study. The full ones follow the shipped demo (RESULTS.md: K=8, lr 1e-4,
+    2 epochs, 24 questions per topic) in a world of 12 topics instead of 16 (9 train, 3 test:
+    every study splits the training topics three ways) and with 2 eval replications instead
+    of 5, so that three seeds of all three tables fit in about an hour on 2 idle cores.
+    Quick is sized for the test suite, not for conclusions."""
+
+    quick: bool = False
+    topics: int | None = 12
+    samples_per_question: int = 8
+    max_new_tokens: int = 96
+    pretrain_steps: int | None = None   # None: the world's default (2 epochs of its corpus)
+    epochs: int = 2
+    lr: float = 1e-4
+    beta: float = 0.1
+    batch_size: int = 8
+    replications: int = 2
+    eval_temperature: float = 0.8
+    best_of_questions: int | None = 24  # Table 6 scores this many test questions (spread over topics)
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Settings:
+        if quick:
+            # the quick world's own pretraining (300 steps): fewer leaves a policy with no correct sentence
+            return cls(quick=True, topics=None, samples_per_question=4, max_new_tokens=64, epochs=1,
+                       replications=1, best_of_questions=None)
+        return cls()
+
+
+def parse_args(doc: str, default_out: str) -> argparse.Namespace:
+    """The options every study script takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9], help="World seeds (default 7 8 9).")
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes, for the test suite: not for conclusions.")
+    parser.add_argument("-o", "--output", default=default_out, help="Runs folder; rerun to resume.")
+    parser.add_argument("--tables", default="experiments/results",
+                        help="Where the table (Markdown, JSON) and its figure (PNG) go.")
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------- running commands
+
+
+def maskdpo(*args: str | Path) -> None:
+    """Run one maskdpo command; its progress goes to our stderr, a failure stops the study."""
+    argv = [str(a) for a in args]
+    print(f"$ maskdpo {shlex.join(argv)}", file=sys.stderr, flush=True)
+    code = subprocess.run([*MASKDPO, *argv]).returncode
+    if code:  # the command said why on stderr; rerunning the study resumes from here
+        sys.exit(f"experiments: `maskdpo {argv[0]}` failed (exit {code}); see its message above")
+
+
+def done(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """The shared products of one world seed."""
+
+    seed: int
+    dir: Path
+    world: Path
+    policy: Path
+    pairs: Path
+    test: Path
+    maskdpo_all: Path   # Mask-DPO trained on all pairs (its hf/ folder)
+
+    @property
+    def annotator(self) -> str:
+        return f"world:{self.world}"
+
+
+def prepare(root: Path, seed: int, s: Settings) -> SeedRun:
+    """World, policy, training pairs, Mask-DPO on all pairs and the base eval of one seed."""
+    d = root / f"seed{seed}"
+    world, policy = d / "world", d / "world" / "policy"
+    if not done(world / "world.json"):
+        size = ["--topics", s.topics] if s.topics else []
+        maskdpo("world", "make", "--seed", seed, "-o", world, *size, *(["--quick"] if s.quick else []))
+    if not done(policy / "config.json"):
+        steps = ["--steps", s.pretrain_steps] if s.pretrain_steps else []
+        maskdpo("world", "pretrain", world, "-o", policy, "--seed", seed, *steps, *(["--quick"] if s.quick else []))
+    maskdpo("sample", world / "train_questions.jsonl", "--model", policy, "-n", s.samples_per_question,
+            "--temperature", "0.8", "--top-k", "40", "--max-new-tokens", s.max_new_tokens, "--seed", seed,
+            "-o", d / "samples.jsonl")
+    maskdpo("annotate", d / "samples.jsonl", "--annotator", f"world:{world}", "-o", d / "annotated.jsonl")
+    if not done(d / "pairs.jsonl"):
+        maskdpo("pair", d / "annotated.jsonl", "-o", d / "pairs.jsonl")
+    if not done(d / "pairs.jsonl"):
+        sys.exit(f"experiments: no training pair in {d / 'pairs.jsonl'}: the policy never answered a question "
+                 "with a correct sentence (pretrain it longer)")
+    run = SeedRun(seed, d, world, policy, d / "pairs.jsonl", world / "test_questions.jsonl",
+                  d / "runs" / "maskdpo-all" / "hf")
+    train(run, run.pairs, d / "runs" / "maskdpo-all", s)
+    evaluate(run, {"base": policy}, d / "eval-base", s)
+    return run
+
+
+def train(run: SeedRun, pairs: Path, work: Path, s: Settings, *, mask: bool = True) -> Path:
+    """Mask-DPO (or DPO with mask=False) from the seed's policy; returns the trained hf/ folder."""
+    if not done(work / "hf" / "config.json"):
+        maskdpo("train", pairs, "--model", run.policy, "--work-dir", work, "--recipe", "tiny_cpu_maskdpo",
+                "--beta", s.beta, "--epochs", s.epochs, "--lr", s.lr, "--batch-size", s.batch_size,
+                "--gpus", "0", "--seed", run.seed, *([] if mask else ["--no-mask"]))
+    return work / "hf"
+
+
+def evaluate(run: SeedRun, models: dict[str, Path], out: Path, s: Settings, best_of: list[int] | None = None,
+             questions: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`maskdpo eval` of the models on the seed's test topics (or `questions`); their summary.json by name."""
+    if not all(done(out / name / "summary.json") for name in models):
+        flags = (["--best-of", ",".join(map(str, best_of))] if best_of
+                 else ["--replications", s.replications])
+        maskdpo("eval", questions or run.test,
+                *[a for name, path in models.items() for a in ("--model", f"{name}={path}")],
+                "--annotator", run.annotator, *flags, "--temperature", s.eval_temperature, "--top-k", "40",
+                "--max-new-tokens", s.max_new_tokens, "--seed", run.seed, "-o", out)
+    return {name: json.loads((out / name / "summary.json").read_text(encoding="utf-8")) for name in models}
+
+
+def base_summary(run: SeedRun) -> dict[str, Any]:
+    return json.loads((run.dir / "eval-base" / "base" / "summary.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- subsets of a JSONL file
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_subset(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write a training subset once; an existing one is kept so a rerun trains on the same pairs."""
+    if not done(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- tables
+
+
+# (column, how to read it from a summary.json); the fact-level ones appear when present.
+COLUMNS: list[tuple[str, Any]] = [
+    ("# correct", lambda s: s.get("correct")),
+    ("# incorrect", lambda s: s.get("incorrect")),
+    ("% score", lambda s: s.get("score")),
+    ("# no fact", lambda s: (s.get("labels") or {}).get("nofact")),
+    ("% fact precision", lambda s: s.get("fact_precision")),
+]
+FACT_COLUMNS: list[tuple[str, Any]] = [
+    ("# facts correct", lambda s: s.get("facts_correct")),
+    ("# facts incorrect", lambda s: s.get("facts_incorrect")),
+    ("% fact score", lambda s: s.get("fact_score")),
+]
+
+
+def mean_sd(values: list[float | None]) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(stat: tuple[float, float] | None) -> str:
+    return "-" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
+
+
+@dataclass
+class Row:
+    """One table row: its labels (e.g. axis, pairs) and one summary per seed."""
+
+    labels: dict[str, Any]
+    summaries: list[dict[str, Any]]
+
+    def columns(self, columns: list[tuple[str, Any]]) -> dict[str, tuple[float, float] | None]:
+        return {name: mean_sd([get(s) for s in self.summaries]) for name, get in columns}
+
+
+def table_columns(rows: list[Row]) -> list[tuple[str, Any]]:
+    has_facts = any(s.get("fact_score") is not None for row in rows for s in row.summaries)
+    return COLUMNS + (FACT_COLUMNS if has_facts else [])
+
+
+def write_table(tables: Path, name: str, title: str, rows: list[Row], *, seeds: list[int], settings: Settings,
+                command: str, started: float, notes: list[str] = (), extra_columns: list[tuple[str, Any]] = ()) -> str:
+    """<name>.md and <name>.json under tables/; returns the Markdown."""
+    columns = table_columns(rows) + list(extra_columns)
+    label_keys = list(rows[0].labels) if rows else []
+    elapsed = time.time() - started
+    md = [f"### {title}", "",
+          f"Command: `{command}`", "",
+          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
+          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if settings.quick else ''}.",
+          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps).", "",
+          "| " + " | ".join(label_keys + [c for c, _ in columns]) + " |",
+          "|" + "---|" * len(label_keys) + "---:|" * len(columns)]
+    for row in rows:
+        stats = row.columns(columns)
+        md.append("| " + " | ".join([str(v) for v in row.labels.values()] + [fmt(stats[c]) for c, _ in columns])
+                  + " |")
+    md += [""] + [f"{n}" for n in notes]
+    text = "\n".join(md).rstrip() + "\n"
+    data = {"title": title, "command": command, "seeds": seeds, "settings": asdict(settings),
+            "elapsed_s": round(elapsed, 1), "columns": [c for c, _ in columns], "notes": list(notes),
+            "rows": [{**row.labels,
+                      **{c: (None if st is None else {"mean": st[0], "sd": st[1]})
+                         for c, st in row.columns(columns).items()},
+                      "per_seed": [{c: get(s) for c, get in columns} for s in row.summaries]}
+                     for row in rows]}
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / f"{name}.md").write_text(text, encoding="utf-8")
+    (tables / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(text)
+    return text
+
+
+def figure(ncols: int = 1, width: float = 6.4, height: float = 4.0) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def command_line() -> str:
+    return "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
