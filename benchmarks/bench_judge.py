@@ -1,7 +1,7 @@
 """Judge throughput of `maskdpo annotate` against served judges, and its peak memory.
 
-    python benchmarks/bench_judge.py                  # throughput, 3 repeats (about 3 minutes)
-    python benchmarks/bench_judge.py --rss            # also peak RSS on a paper-scale file
+    python benchmarks/bench_judge.py                  # throughput, 3 repeats (about 4 minutes)
+    python benchmarks/bench_judge.py --rss all        # also peak RSS on a paper-scale file (+25 min)
 
 Throughput: `maskdpo annotate` (the real CLI, in a subprocess, default flags) judges 24
 questions x 8 answers x 8 distinct sentences with anah-v2 against
@@ -24,7 +24,6 @@ same file (the full file is ~6 million judge calls, hours on 2 shared cores).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -167,21 +166,35 @@ def peak_rss_mb(args: list[str]) -> tuple[float, float]:
     return rss, seconds
 
 
-def memory(work: Path, prefix: int) -> dict:
-    from maskdpo_cli.world import make_world
-
+def memory(work: Path, parts: str, prefix: int) -> dict:
     big = work / "paper.jsonl"
     if not big.exists():
         write_samples(big, 8046, 32, 10, words=30)
+    result = {"file_mb": big.stat().st_size / 2**20}
+    if parts in ("all", "world"):
+        result.update(memory_world(work, big))
+    if parts in ("all", "anah"):
+        result.update(memory_anah(work, big, prefix))
+    return result
+
+
+def memory_world(work: Path, big: Path) -> dict:
+    from maskdpo_cli.world import make_world
+
     world = work / "world"
     if not (world / "world.json").exists():
         make_world(7, str(world), quick=True)
-    result = {"file_mb": big.stat().st_size / 2**20}
+    result = {}
     out = work / "paper.annotated.jsonl"
     out.unlink(missing_ok=True)
     result["annotate_world_rss_mb"], result["annotate_world_s"] = peak_rss_mb(
         [*MASKDPO, "annotate", str(big), "--annotator", f"world:{world}", "-o", str(out)])
     result["pair_rss_mb"], result["pair_s"] = peak_rss_mb([*MASKDPO, "pair", str(out), "-o", str(work / "pairs.jsonl")])
+    return result
+
+
+def memory_anah(work: Path, big: Path, prefix: int) -> dict:
+    result: dict = {}
     head = work / "paper.prefix.jsonl"
     with open(big, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
         for _, line in zip(range(prefix), src):
@@ -200,9 +213,11 @@ def memory(work: Path, prefix: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rss", action="store_true", help="also peak RSS on a paper-scale file")
-    parser.add_argument("--rss-only", action="store_true")
-    parser.add_argument("--prefix", type=int, default=24, help="questions of the paper-scale file judged by anah-v2")
+    parser.add_argument("--rss", choices=("all", "world", "anah"), default=None,
+                        help="also peak RSS on a paper-scale file: world oracle, anah-v2 on a prefix, or both")
+    parser.add_argument("--rss-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument("--prefix", type=int, default=600,
+                        help="questions of the paper-scale file judged by anah-v2 (more than the window)")
     parser.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-judge-"))
@@ -210,8 +225,8 @@ def main() -> None:
     report: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     if not args.rss_only:
         report["throughput"] = throughput(work, args.repeats)
-    if args.rss or args.rss_only:
-        report["memory"] = memory(work, args.prefix)
+    if args.rss:
+        report["memory"] = memory(work, args.rss, args.prefix)
     report["load_after"] = os.getloadavg()
     print(json.dumps(report, indent=1))
 

@@ -72,11 +72,11 @@ def main() -> None:
 
     rows = []
     for key in [("base", "0")] + [(axis, f"{n}/{d}") for axis in AXES for n, d in fractions] + [("all", "1")]:
-        sizes = meta.get(key, [(0, 0)] * len(args.seeds))
+        sizes = meta.get(key, [(0, 0)] * len(args.seeds))  # the base trains on nothing
         rows.append(common.Row({"data": {"base": "base (no training)", "all": "all pairs (both axes)"}.get(
                                     key[0], f"{key[1]} by {key[0]}"),
                                 "pairs": f"{sum(p for p, _ in sizes) / len(sizes):.0f}",
-                                "topics": f"{sum(t for _, t in sizes) / len(sizes):.1f}"},
+                                "topics": f"{sum(t for _, t in sizes) / len(sizes):.1f}" if key[0] != "base" else "-"},
                                results[key]))
     notes = ["Topics axis: whole training topics; questions axis: the same share of every topic. Same pairs per "
              "budget on both axes, per seed. Scored on held-out test topics."]

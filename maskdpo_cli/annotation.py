@@ -6,8 +6,8 @@ against served judges, with memory bounded whatever the input's size:
 - Input is checked before anything is judged. A file is read twice: a first pass validates
   every record (the samples contract, duplicate ids, the annotator's own checks) keeping only
   the ids, so bad input exits 2 with nothing judged, as before; the second pass streams the
-  records to the judge. Standard input cannot be read twice, and is often a pipe from
-  `sample` that is still producing: it is checked record by record as it streams, and a
+  records to the judge. Standard input and pipes cannot be read twice, and are often fed by
+  a `sample` that is still producing: they are checked record by record as they stream, and a
   bad record stops the run at its line once the records before it are written (the output
   stays valid and resumable). Spooling stdin to disk instead would stall the pipeline.
 - A window of questions is judged at once: a new question is admitted while the questions
@@ -26,6 +26,8 @@ against served judges, with memory bounded whatever the input's size:
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -79,13 +81,13 @@ def run_annotate(samples: str, output: str | None, *, annotator: str, judge: Jud
     labeler = make_annotator(annotator, judge)
     check: Callable[[Record, str, int | None], None] | None = getattr(labeler, "validate", None)
     total = None
-    if str(samples) != STDIO:  # a file can be read twice: check all of it before judging any
+    if _rereadable(samples):  # check all of it before judging any
         total = sum(1 for _ in _checked(iter_records(samples, "samples"), check, name))
 
     stats = {"questions": 0, "sentences": 0, "correct": 0, "skipped": 0}
-    with resumable_output(output) as (writer, done):
-        done_ids = {rec.get("id") for rec in done}
-        del done
+    # Only the ids of what is written are kept: resuming a paper-scale output stays small.
+    with resumable_output(output, keep=lambda rec: rec.get("id")) as (writer, done_ids_list):
+        done_ids = set(done_ids_list)
 
         def todo() -> Iterator[Record]:
             for _, record in _checked(iter_records(samples, "samples"), check, name):
@@ -111,6 +113,20 @@ def run_annotate(samples: str, output: str | None, *, annotator: str, judge: Jud
     share = f"{100 * stats['correct'] / stats['sentences']:.1f}%" if stats["sentences"] else "-"
     return (f"{stats['questions']} questions{resumed}, {stats['sentences']} sentences, {share} "
             f"hallucination-free -> {output if output and output != STDIO else '<stdout>'}")
+
+
+def _rereadable(path: str) -> bool:
+    """A file that can be read twice: not stdin, a pipe or `<(process substitution)`.
+
+    A path that is not there counts as a file: the first pass reports it.
+    """
+    if str(path) == STDIO:
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True
+    return not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode))
 
 
 def _checked(rows: Iterable[tuple[int, Record]], check: Callable[[Record, str, int | None], None] | None,
@@ -175,12 +191,9 @@ def _start(record: Record, annotator: Annotator, segmenter: str) -> _Question:
     language = record.get("language")
     split = [split_sentences(resp["text"], language, segmenter=segmenter) for resp in record["responses"]]
     unique = list(dict.fromkeys(s.text for sents in split for s in sents))
-    if unique:
-        verdicts: asyncio.Future[list[Verdict]] = asyncio.ensure_future(annotator.judge(record, unique))
-    else:  # nothing to judge: the annotator is not even asked (no judge is contacted)
-        verdicts = asyncio.get_running_loop().create_future()
-        verdicts.set_result([])
-    return _Question(record, split, unique, verdicts)
+    # Asked even with no sentence: a served judge's model name, part of the record's
+    # "annotator", is learned on the way.
+    return _Question(record, split, unique, asyncio.ensure_future(annotator.judge(record, unique)))
 
 
 async def annotate_record(record: Record, annotator: Annotator, segmenter: str = "default") -> Record:
@@ -193,7 +206,8 @@ def _assemble(question: _Question, annotator: Annotator, verdicts: list[Verdict]
     record = question.record
     by_text = dict(zip(question.unique, _checked_verdicts(annotator, record, question.unique, verdicts)))
     fact_level = any(v.facts is not None for v in verdicts)
-    responses = [_response(resp, sents, by_text, fact_level) for resp, sents in zip(record["responses"], question.split)]
+    responses = [_response(resp, sents, by_text, fact_level)
+                 for resp, sents in zip(record["responses"], question.split)]
     return {**record, "responses": responses, "annotator": annotator.describe()}
 
 

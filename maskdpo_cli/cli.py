@@ -44,7 +44,7 @@ API_KEY = typer.Option(None, "--api-key", envvar="MASKDPO_API_KEY", help="With -
 # The judge's options, shared by `annotate` and `eval` (both run the annotator).
 JUDGE_MODEL = typer.Option(None, "--judge-model", help="Judge model (HF dir, alias, or the served name).")
 JUDGE_BACKEND = typer.Option("openai", "--judge-backend", help="transformers, lmdeploy or openai.")
-JUDGE_URL = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1; "
+JUDGE_URL = typer.Option(None, "--judge-url", metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:23333/v1; "
                          "repeat for several servers (requests go to the least busy).")
 JUDGE_API_KEY = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_KEY")
 JUDGE_PROMPTS = typer.Option(None, "--prompts", help="Judge prompts: a JSON file of templates, or the authors' "

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -293,38 +293,47 @@ class OutputLock:
         return True
 
 
-def recover_appendable(path: Path) -> list[dict[str, Any]]:
-    """Records already complete in an append-only output; a torn last line is cut off the file."""
+def recover_appendable(path: Path, keep: Callable[[dict[str, Any]], Any] | None = None) -> list[Any]:
+    """Records already complete in an append-only output; a torn last line is cut off the file.
+
+    Read line by line, and `keep` reduces each record to what the caller needs (e.g. its id),
+    so resuming a multi-GB output holds only that in memory, not the records themselves.
+    """
     if not path.exists():
         return []
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    records: list[dict[str, Any]] = []
-    offset = 0
-    for lineno, line in enumerate(data[:keep].split(b"\n")[:-1], start=1):
-        start, offset = offset, offset + len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            obj = strict_loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, _NotJSON):
-            if offset == keep:  # a torn final record that happened to end in a newline byte
-                keep = start
+    records: list[Any] = []
+    cut = None  # where a torn final record starts, if there is one
+    with open(path, "rb") as fh:
+        offset, lineno = 0, 0
+        for line in fh:
+            lineno += 1
+            start, offset = offset, offset + len(line)
+            if not line.endswith(b"\n"):  # a torn write: everything after the last newline
+                cut = start
                 break
-            raise InputError("not valid JSON in the output being resumed; "
-                             "delete the file or choose another -o", str(path), lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError("expected a JSON object in the output being resumed", str(path), lineno)
-        records.append(obj)
-    if keep != len(data):
+            if not line.strip():
+                continue
+            try:
+                obj = strict_loads(line[:-1].decode("utf-8"))
+            except (UnicodeDecodeError, _NotJSON):
+                if not fh.peek(1):  # a torn final record that happened to end in a newline byte
+                    cut = start
+                    break
+                raise InputError("not valid JSON in the output being resumed; "
+                                 "delete the file or choose another -o", str(path), lineno) from None
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object in the output being resumed", str(path), lineno)
+            records.append(obj if keep is None else keep(obj))
+    if cut is not None:
         with open(path, "r+b") as fh:
-            fh.truncate(keep)
+            fh.truncate(cut)
     return records
 
 
 @contextlib.contextmanager
-def resumable_output(path: str | os.PathLike | None) -> Iterator[tuple[RecordWriter, list[dict[str, Any]]]]:
-    """Yield (writer, records already there). Stdout has nothing to resume."""
+def resumable_output(path: str | os.PathLike | None, keep: Callable[[dict[str, Any]], Any] | None = None
+                     ) -> Iterator[tuple[RecordWriter, list[Any]]]:
+    """Yield (writer, records already there, each reduced by `keep`). Stdout has nothing to resume."""
     if path is None or str(path) == STDIO:
         with _stdout_errors():
             yield RecordWriter(sys.stdout), []
@@ -334,7 +343,7 @@ def resumable_output(path: str | os.PathLike | None) -> Iterator[tuple[RecordWri
         raise MaskDPOError(f"{target}: directory {target.parent} does not exist")
     with OutputLock(target):
         try:
-            done = recover_appendable(target)
+            done = recover_appendable(target, keep)
             fh = open(target, "a", encoding="utf-8")
         except OSError as err:
             raise MaskDPOError(f"{target}: cannot write ({err.strerror})") from None

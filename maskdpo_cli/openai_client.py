@@ -160,10 +160,14 @@ class OpenAIClient:
                     tried.clear()  # every server failed this request once: any may take the next try
                 if attempt == self.max_retries:
                     break
-                await asyncio.sleep(self._backoff(attempt) if err.wait is None else err.wait)
+                if not self._untried_ready(tried):  # another healthy server takes the next try at once
+                    await asyncio.sleep(self._backoff(attempt) if err.wait is None else err.wait)
                 continue
-            except BaseException:
-                await self._release(server, ok=True)  # our request's fault (or cancellation), not the server's
+            except RequestRefused:
+                await self._release(server, ok=True)  # our request's fault, not the server's
+                raise
+            except BaseException:  # cancelled: says nothing about the server
+                await self._release(server, ok=None)
                 raise
             await self._release(server, ok=True)
             return answer
@@ -183,23 +187,34 @@ class OpenAIClient:
                     server.in_flight += 1
                     return server
                 resting = [s.rest_until - now for s in self.servers if s.rest_until > now]
-                try:  # woken by a released slot, or when the first resting server may take a probe
-                    await asyncio.wait_for(self._capacity.wait(), min(resting) if resting else None)
+                try:  # woken by a released slot, when the first resting server may take a probe,
+                    # or after a second (a wake-up lost to a cancelled waiter costs no more)
+                    await asyncio.wait_for(self._capacity.wait(), min(resting + [1.0]))
                 except asyncio.TimeoutError:
                     pass
 
-    async def _release(self, server: _Server, ok: bool, rest: float | None = None) -> None:
+    def _untried_ready(self, tried: set[int]) -> bool:
+        now = time.monotonic()
+        return any(id(s) not in tried and not s.failures and s.rest_until <= now for s in self.servers)
+
+    async def _release(self, server: _Server, ok: bool | None, rest: float | None = None) -> None:
         assert self._capacity is not None
         async with self._capacity:
             server.in_flight -= 1
+            recovered = bool(ok) and server.failures > 0
             if ok:
                 server.failures, server.rest_until = 0, 0.0
-            else:
+            elif ok is False:
                 server.failures += 1
                 if rest is None:
                     rest = min(MAX_BACKOFF_S, self.backoff * 2 ** (server.failures - 1))
                 server.rest_until = max(server.rest_until, time.monotonic() + rest)
-            self._capacity.notify_all()
+            # One freed slot wakes one waiter: hundreds wait at once, and waking them all at
+            # every answer costs more CPU than the requests. A recovered server has room for many.
+            if recovered:
+                self._capacity.notify_all()
+            else:
+                self._capacity.notify()
 
     async def _send(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
         assert self._http is not None
@@ -225,6 +240,15 @@ class OpenAIClient:
     def _backoff(self, attempt: int) -> float:
         # Full jitter: requests that failed together do not retry together.
         return random.uniform(0, min(MAX_BACKOFF_S, self.backoff * 2 ** attempt))
+
+
+def message_content(answer: Any) -> str | None:
+    """choices[0].message.content of a chat completion; None when the answer has no such text."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def _text(raw: bytes, limit: int = 300) -> str:

@@ -102,8 +102,11 @@ def run_sample(questions: str, output: str | None, *, model: str | None, backend
     def load() -> Any:
         engine = make_backend(backend, model, **options)
         if served:
-            # One real request with every setting, before any record: a refused one is an error now.
-            engine.probe(params)
+            try:  # one real request with every setting, before any record: a refused one is an error now
+                engine.probe(params)
+            except BaseException:
+                engine.close()
+                raise
         return engine
 
     # A new output: the model loads before the file is opened, so a model that cannot load
@@ -115,7 +118,9 @@ def run_sample(questions: str, output: str | None, *, model: str | None, backend
         generation = generation_settings(engine.model if served else model, backend, params)
         if served:
             generation.update(engine.describe())
-        with resumable_output(output) as (writer, done):
+        # What check_resumable reads, not the responses: resuming a large output stays small.
+        keep = lambda rec: {k: rec[k] for k in ("id", "generation") if k in rec}  # noqa: E731
+        with resumable_output(output, keep=keep) as (writer, done):
             done_ids = check_resumable(done, generation, display_name(output) if output else None)
             todo = [rec for rec in records if rec["id"] not in done_ids]
             resumed = len(records) - len(todo)

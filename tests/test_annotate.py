@@ -276,7 +276,7 @@ def test_no_barrier_a_slow_sentence_holds_no_other_sentence(tmp_path):
     """Turn 2 of every other sentence is asked while one sentence's turn 1 is still unanswered."""
     def script(messages):
         if len(messages) == 1 and "Person 0-0 " in messages[0]["content"]:
-            time.sleep(1.0)
+            time.sleep(1.5)
         return anah_script(messages)
 
     samples = write_jsonl(tmp_path / "s.jsonl", _people(3))
@@ -430,3 +430,45 @@ def test_a_prompt_file_that_does_more_than_build_strings_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"no function reference_check_prompt\(\)"):
         load_prompts(prompt_file)
     assert not (tmp_path / "EXECUTED").exists()
+
+
+def test_an_in_process_judge_batches_concurrent_turns_off_the_event_loop(tiny_llama_path):
+    import asyncio
+
+    from maskdpo_cli.annotators.judges import BackendJudge
+
+    judge = BackendJudge("transformers", str(tiny_llama_path), max_new_tokens=4)
+    batches: list[int] = []
+    chat = judge._chat
+    judge._chat = lambda conversations: batches.append(len(conversations)) or chat(conversations)  # a spy
+
+    async def run() -> tuple[list[str], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        beat = asyncio.ensure_future(ticker())
+        replies = await asyncio.gather(*(judge.reply([{"role": "user", "content": f"Question {i}?"}])
+                                         for i in range(5)))
+        beat.cancel()
+        return replies, ticks
+
+    replies, ticks = asyncio.run(run())
+    assert len(replies) == 5 and all(isinstance(r, str) for r in replies)
+    assert batches == [5]  # the five turns asked together ran as one batch
+    assert ticks > 0  # the event loop kept running while the model loaded and generated
+
+
+def test_a_pipe_is_read_once_as_it_streams(tmp_path):
+    """`annotate <(...)` cannot be read twice: it is validated as it streams, like stdin."""
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q_EN, Q_ZH])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer() as server:
+        command = f"{sys.executable} -m maskdpo_cli.cli annotate <(cat {samples}) --judge-url {server.url} -o {out}"
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [labels_of(r) for r in read_records(out, "annotated")] == [EN_LABELS, ZH_LABELS]

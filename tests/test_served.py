@@ -16,8 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from helpers import run_cli, write_jsonl
 from served import served_models
 from maskdpo_cli.backends.base import derive_seed

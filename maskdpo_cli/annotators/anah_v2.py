@@ -199,6 +199,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+VERDICT_KEYS = ("key", "label", "facts")  # what a cached judgment needs to be reused
+
+
 class JudgmentCache:
     """Judgments by key: those of earlier runs (read once, from the file), and new ones appended to it.
 
@@ -206,8 +209,8 @@ class JudgmentCache:
     annotators that keep more than the label (factscore keeps the sentence's facts).
     With keep_new=False a judgment made in this run is written, not kept in memory: its
     caller holds it already, and keeping every one would grow memory with the input
-    (millions of sentences at paper scale). Lines are flushed as they come (a kill -9 loses
-    none) and synced on close.
+    (millions of sentences at paper scale); judgments read back keep only their verdict.
+    Lines are flushed as they come (a kill -9 loses none) and synced on close.
     """
 
     def __init__(self, path: str | Path | None, keep_new: bool = True) -> None:
@@ -228,7 +231,8 @@ class JudgmentCache:
                 if not isinstance(rec.get("key"), str) or rec.get("label") not in LABELS:
                     raise InputError("not a judgment record; delete the file to judge again",
                                      str(self.path), lineno)
-                self._labels[rec["key"]] = rec
+                # Without keep_new only the verdict (label, facts) is read back: replies are for people.
+                self._labels[rec["key"]] = rec if self.keep_new else {k: rec[k] for k in VERDICT_KEYS if k in rec}
         return self._labels
 
     def get(self, key: str) -> str | None:
@@ -298,16 +302,8 @@ class AnahV2Annotator:
         await self.chat.ready()  # the served model's name is part of every cache key
         language = record.get("language") or detect_language(record["question"] + record["document"])
         outcomes = await _all([self._sentence(record, language, s) for s in sentences])
-        failures = [o for o in outcomes if isinstance(o, _Failure)]
-        if failures:
-            first = failures[0]
-            more = f" ({len(failures) - 1} more sentences failed the same way)" if len(failures) > 1 else ""
-            kept = f"; judgments so far are kept in {self.cache.path}, rerun to resume" if self.cache.path else ""
-            raise JudgeError(
-                f"question {record['id']!r}: the judge gave no usable reply for the sentence "
-                f"{first.sentence[:200]!r} after {self.config.max_retries + 1} attempts; expected "
-                f"{first.expected}, last reply: {first.reply[:300]!r}{more}{kept}")
-        return [Verdict(label) for label in outcomes]  # type: ignore[arg-type]
+        raise_failures(record, outcomes, self.config.max_retries + 1, self.cache.path)
+        return [Verdict(label) for label in outcomes]
 
     def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:
         """Same judge, same prompts, same question and document, same sentence: same label."""
@@ -360,6 +356,20 @@ class _Failure:
     sentence: str
     expected: str
     reply: str
+
+
+def raise_failures(record: dict[str, Any], outcomes: list[Any], attempts: int, cache_path: Path | None) -> None:
+    """The clear error for sentences the judge never answered in the protocol's terms, if any."""
+    failures = [o for o in outcomes if isinstance(o, _Failure)]
+    if not failures:
+        return
+    first = failures[0]
+    more = f" ({len(failures) - 1} more sentences failed the same way)" if len(failures) > 1 else ""
+    kept = f"; judgments so far are kept in {cache_path}, rerun to resume" if cache_path else ""
+    raise JudgeError(
+        f"question {record['id']!r}: the judge gave no usable reply for the sentence "
+        f"{first.sentence[:200]!r} after {attempts} attempts; expected "
+        f"{first.expected}, last reply: {first.reply[:300]!r}{more}{kept}")
 
 
 async def _all(coroutines: list[Any]) -> list[Any]:

@@ -37,11 +37,11 @@ import re
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from maskdpo_cli.annotators.anah_v2 import (REASK_TEMPERATURE, JudgmentCache, _all, _digest, _Failure, load_prompts,
-                                           render)
+                                           raise_failures, render)
 from maskdpo_cli.annotators.base import Fact, Verdict
 from maskdpo_cli.annotators.judges import make_judge
 from maskdpo_cli.annotators.retrieval import PASSAGE_WORDS, TOP_K, PassageIndex
-from maskdpo_cli.errors import InputError, JudgeError
+from maskdpo_cli.errors import InputError
 from maskdpo_cli.segmentation import detect_language
 
 if TYPE_CHECKING:
@@ -197,15 +197,7 @@ class FactScoreAnnotator:
             return Verdict(label, facts)
 
         outcomes = await _all([one(s) for s in sentences])
-        failures = [o for o in outcomes if isinstance(o, _Failure)]
-        if failures:
-            first = failures[0]
-            more = f" ({len(failures) - 1} more sentences failed too)" if len(failures) > 1 else ""
-            kept = f"; judgments so far are kept in {self.cache.path}, rerun to resume" if self.cache.path else ""
-            raise JudgeError(
-                f"question {record['id']!r}: the judge gave no usable reply for the sentence "
-                f"{first.sentence[:200]!r} after {self.config.max_retries + 1} attempts; expected "
-                f"{first.expected}, last reply: {first.reply[:300]!r}{more}{kept}")
+        raise_failures(record, outcomes, self.config.max_retries + 1, self.cache.path)
         return outcomes
 
     def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:

@@ -16,7 +16,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 from maskdpo_cli.errors import JudgeError, MaskDPOError
-from maskdpo_cli.openai_client import OpenAIClient
+from maskdpo_cli.openai_client import OpenAIClient, message_content
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
@@ -63,11 +63,8 @@ class OpenAIJudge:
         body = {"model": self.model, "messages": messages, "temperature": temperature,
                 "max_tokens": self.max_tokens, "stream": False}
         answer = await self.client.chat(body)
-        try:
-            content = answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
+        content = message_content(answer)
+        if content is None:
             raise JudgeError(f"judge endpoint {self.client.urls[0]}: a reply without "
                              f"choices[0].message.content: {str(answer)[:200]}")
         return content

@@ -14,7 +14,9 @@
   silently change the distribution the paper samples from.
 - Requests are in flight across questions: a window of questions is asked at once and the
   answers come back in input order (`stream`), so the servers stay busy while the output
-  stays ordered and resumable.
+  stays ordered and resumable. The requests live on an event loop in a thread of its own:
+  while the caller writes (and fsyncs) a record, answers keep arriving and new requests
+  keep leaving.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from collections import deque
+from collections.abc import Coroutine
+from concurrent.futures import Future
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from maskdpo_cli.backends.base import GenerationParams, Messages, Progress, derive_seed
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY, EndpointError, OpenAIClient, RequestRefused
+from maskdpo_cli.openai_client import (DEFAULT_CONCURRENCY, EndpointError, OpenAIClient, RequestRefused,
+                                       message_content)
 
 FLAG = "--url"
 PROBE = [{"role": "user", "content": "Hi"}]
@@ -47,7 +53,6 @@ class OpenAIBackend:
     """K seeded chat requests per question against one or more OpenAI-compatible servers."""
 
     name = "openai"
-    served = True
 
     def __init__(self, urls: Sequence[str], model: str | None = None, api_key: str | None = None,
                  max_retries: int = 5, concurrency: int = DEFAULT_CONCURRENCY) -> None:
@@ -56,8 +61,10 @@ class OpenAIBackend:
         self.client = OpenAIClient(urls, api_key=api_key, max_retries=max_retries, concurrency=concurrency,
                                    flag=FLAG)
         self.model = model
-        # One loop for the backend's life: the client's connection pool belongs to it.
+        # One loop for the backend's life (the client's connection pool belongs to it), in its own thread.
         self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="maskdpo-openai", daemon=True)
+        self._thread.start()
 
     def describe(self) -> dict[str, Any]:
         """Where the responses came from, for the samples record's "generation"."""
@@ -66,10 +73,10 @@ class OpenAIBackend:
     def probe(self, params: GenerationParams) -> str:
         """Ask once, with every sampling setting, before anything is written; the served model id."""
         if self.model is None:
-            self.model = self.loop.run_until_complete(self.client.served_model())
+            self.model = self._submit(self.client.served_model()).result()
         probe = GenerationParams(n=1, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                                  max_new_tokens=1, seed=params.seed)
-        self.loop.run_until_complete(self._response(PROBE, probe, params.seed, None))
+        self._submit(self._response(PROBE, probe, params.seed, None)).result()
         return self.model
 
     def request(self, messages: Messages, params: GenerationParams, seed: int) -> dict[str, Any]:
@@ -92,28 +99,35 @@ class OpenAIBackend:
                on_progress: Progress | None = None) -> Iterator[list[str]]:
         """`params.n` responses per prompt, yielded in input order while later prompts are in flight."""
         jobs = iter(zip(prompts, seeds))
-        pending: deque[asyncio.Task[list[str]]] = deque()
+        pending: deque[Future[list[str]]] = deque()
 
         def top_up() -> None:
             while len(pending) < self.window(params.n):
                 job = next(jobs, None)
                 if job is None:
                     return
-                pending.append(self.loop.create_task(self._question(*job, params, on_progress)))
+                pending.append(self._submit(self._question(*job, params, on_progress)))
 
         try:
             top_up()
             while pending:
-                texts = self.loop.run_until_complete(pending.popleft())
-                top_up()  # the next questions are asked before this one is handed out
+                texts = pending.popleft().result()
+                top_up()
                 yield texts
         finally:
-            self._cancel(pending)
+            for future in pending:  # an error or an interrupt: the questions still out are dropped
+                future.cancel()
 
     def close(self) -> None:
-        if not self.loop.is_closed():
-            self.loop.run_until_complete(self.client.aclose())
-            self.loop.close()
+        if self.loop.is_closed():
+            return
+        self._submit(self.client.aclose()).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     async def _question(self, prompt: Messages, seed: int, params: GenerationParams,
                         on_progress: Progress | None) -> list[str]:
@@ -133,23 +147,14 @@ class OpenAIBackend:
             answer = await self.client.chat(body)
         except RequestRefused as err:
             raise refusal(err, body) from None
-        try:
-            text = answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            text = None
-        if not isinstance(text, str):
+        text = message_content(answer)
+        if text is None:
             raise EndpointError(f"{FLAG} {', '.join(self.client.urls)}: an answer without "
                                 f"choices[0].message.content: {json.dumps(answer)[:200]}")
         if on_progress:
             usage = answer.get("usage") or {}
             on_progress(int(usage.get("completion_tokens") or 0), 1)
         return text
-
-    def _cancel(self, tasks: deque[asyncio.Task[list[str]]]) -> None:
-        for task in tasks:
-            task.cancel()
-        if tasks and not self.loop.is_closed():
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 def refusal(err: RequestRefused, body: dict[str, Any]) -> MaskDPOError:
