@@ -37,7 +37,7 @@ OUTPUT = typer.Option(None, "-o", "--output", help="Output file (default: stdout
 # The generation backend's options, shared by `sample` and `eval`.
 BACKEND = typer.Option("transformers", help="transformers (CPU/GPU), lmdeploy (GPU), or openai: served engines "
                        "at --url (the server applies the chat template).")
-URLS = typer.Option(None, "--url", help="With --backend openai: an OpenAI-compatible base URL, e.g. "
+URLS = typer.Option(None, "--url", metavar="URL", help="With --backend openai: an OpenAI-compatible base URL, e.g. "
                     "http://127.0.0.1:23333/v1; repeat for several servers (data parallel).")
 API_KEY = typer.Option(None, "--api-key", envvar="MASKDPO_API_KEY", help="With --backend openai: the servers' key.")
 
