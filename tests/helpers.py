@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,30 @@ def run_cli(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
         sys.argv = old
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def alma_pairs(path: Path, count: int) -> Path:
+    """`count` pairs in the authors' format (no spans), each with hallucinated and correct sentences."""
+    records = []
+    for i in range(count):
+        chosen = [f"Alma {i} lives in Paris.", "She is a painter.", "She was born in 1950."]
+        rejected = [f"Alma {i} lives in Rome.", "She is a painter.", "She was born in 1990."]
+        records.append({
+            "id": f"p{i}", "prompt": [{"role": "user", "content": f"Who is Alma {i}?"}],
+            "chosen": [{"role": "assistant", "content": " ".join(chosen)}],
+            "rejected": [{"role": "assistant", "content": " ".join(rejected)}],
+            "chosen_item": {"sents": chosen, "type": ["no_hallucination", "no_hallucination", "hallucination"]},
+            "rejected_item": {"sents": rejected, "type": ["hallucination", "no_hallucination", "hallucination"]},
+        })
+    return write_jsonl(path, records)
+
+
+def kill_after_lines(cmd: list[str], out: Path, lines: int, env: dict[str, str], timeout: float = 60) -> int:
+    """Start `cmd`, SIGKILL it once `out` holds `lines` complete lines; the lines written by then."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < lines):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return out.read_text().count("\n")

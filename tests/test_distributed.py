@@ -23,6 +23,8 @@ from maskdpo_cli.distributed import (Launch, check_deepspeed_runnable, detect_la
                                      process_count, resolve_deepspeed_config)
 from maskdpo_cli.errors import MaskDPOError
 
+from helpers import alma_pairs
+
 REPO = Path(__file__).resolve().parent.parent
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 # One thread per rank: the machine is small, and torchrun gives each rank one as well.
@@ -30,22 +32,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     ENV.pop(_var, None)
 ENV = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
-
-
-def make_pairs(path: Path, count: int) -> Path:
-    records = []
-    for i in range(count):
-        chosen = [f"Alma {i} lives in Paris.", "She is a painter.", "She was born in 1950."]
-        rejected = [f"Alma {i} lives in Rome.", "She is a painter.", "She was born in 1990."]
-        records.append({
-            "id": f"p{i}", "prompt": [{"role": "user", "content": f"Who is Alma {i}?"}],
-            "chosen": [{"role": "assistant", "content": " ".join(chosen)}],
-            "rejected": [{"role": "assistant", "content": " ".join(rejected)}],
-            "chosen_item": {"sents": chosen, "type": ["no_hallucination", "no_hallucination", "hallucination"]},
-            "rejected_item": {"sents": rejected, "type": ["hallucination", "no_hallucination", "hallucination"]},
-        })
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 def train_args(pairs: Path, model: Path, work: Path) -> list[str]:
@@ -91,7 +77,7 @@ def assert_same_training(work: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_llama_path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dist")
-    pairs = make_pairs(root / "pairs.jsonl", 8)
+    pairs = alma_pairs(root / "pairs.jsonl", 8)
     reference = root / "one"
     run([*MASKDPO, *train_args(pairs, tiny_llama_path, reference)])
     return {"root": root, "pairs": pairs, "model": tiny_llama_path, "reference": reference}
@@ -134,7 +120,7 @@ def _srun_tasks(args: list[str], tasks: int = 2) -> list[subprocess.Popen]:
 
 
 def test_srun_tasks_cache_every_reference_pair_once_when_pairs_do_not_divide(data):
-    pairs = make_pairs(data["root"] / "pairs7.jsonl", 7)
+    pairs = alma_pairs(data["root"] / "pairs7.jsonl", 7)
     work = data["root"] / "srun"
     procs = _srun_tasks(train_args(pairs, data["model"], work))
     outputs = [p.communicate(timeout=400) for p in procs]

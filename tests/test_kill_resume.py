@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import alma_pairs
 from judge_server import JudgeServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,22 +142,6 @@ def test_eval_survives_kill_9(world, tiny_llama_path, tmp_path):
 
 # --------------------------------------------------------------------------- train
 
-def _pairs(path: Path, count: int) -> Path:
-    records = []
-    for i in range(count):
-        chosen = [f"Alma {i} lives in Paris.", "She is a painter.", "She was born in 1950."]
-        rejected = [f"Alma {i} lives in Rome.", "She is a painter.", "She was born in 1990."]
-        records.append({
-            "id": f"p{i}", "prompt": [{"role": "user", "content": f"Who is Alma {i}?"}],
-            "chosen": [{"role": "assistant", "content": " ".join(chosen)}],
-            "rejected": [{"role": "assistant", "content": " ".join(rejected)}],
-            "chosen_item": {"sents": chosen, "type": ["no_hallucination", "no_hallucination", "hallucination"]},
-            "rejected_item": {"sents": rejected, "type": ["hallucination", "no_hallucination", "hallucination"]},
-        })
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
 def _weights(hf: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -166,7 +151,7 @@ def _weights(hf: Path) -> dict:
 def test_train_survives_kill_9_and_resumes_from_its_last_checkpoint(tiny_llama_path, tmp_path):
     import torch
 
-    pairs = _pairs(tmp_path / "pairs.jsonl", 24)
+    pairs = alma_pairs(tmp_path / "pairs.jsonl", 24)
     cmd = [*MASKDPO, "train", str(pairs), "--model", str(tiny_llama_path), "--recipe", "tiny_cpu_maskdpo",
            "--batch-size", "2", "--epochs", "2", "--lr", "1e-3", "--gpus", "0", "--seed", "3"]
     steps = 24
@@ -189,7 +174,7 @@ def test_train_survives_kill_9_and_resumes_from_its_last_checkpoint(tiny_llama_p
 
 
 def test_train_refuses_to_resume_a_run_with_other_settings(tiny_llama_path, tmp_path):
-    pairs = _pairs(tmp_path / "pairs.jsonl", 4)
+    pairs = alma_pairs(tmp_path / "pairs.jsonl", 4)
     cmd = [*MASKDPO, "train", str(pairs), "--model", str(tiny_llama_path), "--recipe", "tiny_cpu_maskdpo",
            "--batch-size", "2", "--gpus", "0", "--max-length", "40", "--work-dir", str(tmp_path / "W")]
     first = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -244,7 +229,7 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 240) -> None:
 
 
 def test_two_process_train_survives_kill_9_of_a_rank_and_of_maskdpo(tiny_llama_path, tmp_path):
-    pairs = _pairs(tmp_path / "pairs.jsonl", 24)
+    pairs = alma_pairs(tmp_path / "pairs.jsonl", 24)
     work = tmp_path / "work"
     log = work / "train_log.jsonl"
     cmd = [*MASKDPO, "train", str(pairs), "--model", str(tiny_llama_path), "--recipe", "tiny_cpu_maskdpo",

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import kill_after_lines, run_cli
 from maskdpo_cli.backends import GenerationParams
 from maskdpo_cli.backends.transformers_backend import TransformersBackend
 from maskdpo_cli.models import load_causal_lm
@@ -150,13 +148,7 @@ def test_resume_after_kill_9(tiny_llama_path, tmp_path):
     out = tmp_path / "out.jsonl"
     # Same thread count as this process (conftest): the reference run below must do the same arithmetic.
     env = dict(os.environ)
-    proc = subprocess.Popen([*cli, "-o", str(out)], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = out.read_text().count("\n")
+    written = kill_after_lines([*cli, "-o", str(out)], out, 2, env)
     assert 2 <= written < total, "the run should have been killed mid-way"
     assert Path(str(out) + ".lock").exists()  # left behind by the killed process, taken over below
     subprocess.run([*cli, "-o", str(out)], env=env, check=True, stderr=subprocess.DEVNULL)

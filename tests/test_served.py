@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from helpers import run_cli, write_jsonl
+from helpers import kill_after_lines, run_cli, write_jsonl
 from served import served_models
 from maskdpo_cli.backends.base import derive_seed
 from maskdpo_cli.sampling import question_seed
@@ -196,14 +195,7 @@ def test_sample_survives_kill_9(tmp_path):
         reference, out = tmp_path / "reference.jsonl", tmp_path / "out.jsonl"
         subprocess.run([*cmd, "-o", str(reference)], env=ENV, check=True, capture_output=True, timeout=120)
         server.delay = 0.3  # slow enough to kill mid-way
-        proc = subprocess.Popen([*cmd, "-o", str(out)], env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        written = out.read_text().count("\n")
+        written = kill_after_lines([*cmd, "-o", str(out)], out, 2, ENV)
         server.delay = 0.0
         subprocess.run([*cmd, "-o", str(out)], env=ENV, check=True, capture_output=True, timeout=120)
     assert 2 <= written < total, "the run should have been killed mid-way"
