@@ -31,38 +31,17 @@ import stat
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from maskdpo_cli.annotators import Annotator, make_annotator
 from maskdpo_cli.annotators.base import Verdict
+from maskdpo_cli.annotators.judging import JudgeConfig  # public here too: `annotate`'s own settings
 from maskdpo_cli.errors import JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import STDIO, display_name, resumable_output
 from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import progress_bar
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, sentence_counts
 from maskdpo_cli.segmentation import SEGMENTERS, Sentence, split_sentences
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How to reach the chat judge (used by the anah-v2 and factscore annotators)."""
-
-    model: str | None = None          # None with openai: the first model the endpoint serves
-    backend: str = "openai"           # openai | transformers | lmdeploy
-    urls: tuple[str, ...] = ()        # (): http://127.0.0.1:23333/v1 (lmdeploy serve's default)
-    api_key: str | None = None
-    prompts_file: str | Path | None = None
-    max_retries: int = 5
-    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (batch size in-process)
-    timeout: float = 120.0            # seconds per request
-    backoff: float = 1.0              # first retry waits up to this long, doubling each time
-    cache_path: str | Path | None = None  # where judgments are appended; set from -o
-
-    @property
-    def capacity(self) -> int:
-        """Requests the judge can usefully have in flight at once."""
-        return max(1, self.concurrency) * max(1, len(self.urls))
 
 
 def judgments_path(output: str | None) -> str | None:
@@ -196,17 +175,10 @@ def _start(record: Record, annotator: Annotator, segmenter: str) -> _Question:
     return _Question(record, split, unique, asyncio.ensure_future(annotator.judge(record, unique)))
 
 
-async def annotate_record(record: Record, annotator: Annotator, segmenter: str = "default") -> Record:
-    """The samples record with labelled sentences, counts and scores on every response."""
-    question = _start(record, annotator, segmenter)
-    return _assemble(question, annotator, await question.verdicts)
-
-
 def _assemble(question: _Question, annotator: Annotator, verdicts: list[Verdict]) -> Record:
     record = question.record
     by_text = dict(zip(question.unique, _checked_verdicts(annotator, record, question.unique, verdicts)))
-    fact_level = any(v.facts is not None for v in verdicts)
-    responses = [_response(resp, sents, by_text, fact_level)
+    responses = [_response(resp, sents, by_text, annotator.fact_level)
                  for resp, sents in zip(record["responses"], question.split)]
     return {**record, "responses": responses, "annotator": annotator.describe()}
 
@@ -238,4 +210,4 @@ def _checked_verdicts(annotator: Annotator, record: Record, sentences: list[str]
     return verdicts
 
 
-__all__ = ["JudgeConfig", "run_annotate", "annotate_stream", "annotate_record", "judgments_path"]
+__all__ = ["JudgeConfig", "run_annotate", "annotate_stream", "judgments_path"]

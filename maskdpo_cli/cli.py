@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import stderr
 
 app = typer.Typer(
@@ -50,8 +51,9 @@ JUDGE_API_KEY = typer.Option(None, "--judge-api-key", envvar="MASKDPO_JUDGE_API_
 JUDGE_PROMPTS = typer.Option(None, "--prompts", help="Judge prompts: a JSON file of templates, or the authors' "
                              "anahv2_prompt.py (read, never run).")
 JUDGE_MAX_RETRIES = typer.Option(5, "--max-retries", min=0, help="Retries per judge call.")
-JUDGE_CONCURRENCY = typer.Option(256, "--concurrency", min=1, help="Judge requests in flight per --judge-url "
-                                  "(a served GPU judge batches them); batch size of an in-process judge.")
+JUDGE_CONCURRENCY = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", min=1,
+                                 help="Judge requests in flight per --judge-url (a served GPU judge batches them); "
+                                      "batch size of an in-process judge.")
 SEGMENTER = typer.Option("default", "--segmenter", help="default (blingfire plus rules) or anah-v2 "
                          "(where the ANAH-v2 evaluation script splits).")
 
@@ -104,7 +106,8 @@ def annotate(
     output: Optional[str] = OUTPUT,
 ) -> None:
     """Split every response into sentences and label each one for hallucination."""
-    from maskdpo_cli.annotation import JudgeConfig, run_annotate
+    from maskdpo_cli.annotation import run_annotate
+    from maskdpo_cli.annotators.judging import JudgeConfig
 
     judge = JudgeConfig(model=judge_model, backend=judge_backend, urls=tuple(judge_url or ()),
                         api_key=judge_api_key,

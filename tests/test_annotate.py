@@ -12,9 +12,12 @@ import pytest
 
 from helpers import labels_of, write_jsonl
 from judge_server import EN_LABELS, EN_REQUESTS, JudgeServer, MALFORMED, Q_ZH, ZH_LABELS, anah_script, first_turn
-from maskdpo_cli.annotation import JudgeConfig, run_annotate
+from maskdpo_cli.annotation import annotate_stream, run_annotate
 from maskdpo_cli.annotators import make_annotator
-from maskdpo_cli.annotators.anah_v2 import REASK_TEMPERATURE, find_marker, load_prompts
+from maskdpo_cli.annotators.anah_v2 import DEFAULT_PROMPTS, PLACEHOLDERS, find_marker
+from maskdpo_cli.annotators.judging import REASK_TEMPERATURE, JudgeConfig
+from maskdpo_cli.annotators.judging import load_prompts as load_any_prompts
+from maskdpo_cli.annotators.base import Fact, Verdict
 from maskdpo_cli.errors import InputError, MaskDPOError
 from maskdpo_cli.openai_client import EndpointError
 from maskdpo_cli.records import read_records
@@ -29,6 +32,21 @@ Q_EN = {"id": "en1", "question": "What is the capital of France?", "document": "
 
 def config(server: JudgeServer, **overrides) -> JudgeConfig:
     return JudgeConfig(urls=(server.url,), **{"max_retries": 3, "concurrency": 4, "backoff": 0.01, **overrides})
+
+
+def load_prompts(path: Path):
+    """anah-v2's prompts with a --prompts file, as its annotator loads them."""
+    return load_any_prompts(path, DEFAULT_PROMPTS, PLACEHOLDERS)
+
+
+def annotate_one(record: dict, annotator) -> dict:
+    """The annotated record, through the streaming path `annotate` runs."""
+    import asyncio
+
+    written: list[dict] = []
+    asyncio.run(annotate_stream([record], annotator, written.append))
+    (annotated,) = written
+    return annotated
 
 
 def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -331,26 +349,25 @@ def test_several_judge_urls_share_the_work_and_one_dying_mid_run_is_survived(tmp
     assert records[0]["annotator"]["judge"] == {"backend": "openai", "urls": [a.url, b.url], "model": "anah-v2-test"}
 
 
+class Facts:
+    """A fact-level annotator: Paris sentences hold one true fact, Hello none, the others three."""
+
+    name = "facts"
+    fact_level = True
+
+    def describe(self):
+        return {"name": self.name}
+
+    async def judge(self, record, sentences):
+        return [Verdict("ok", (Fact(f"{s} is true", True),)) if "Paris" in s else
+                Verdict("nofact", ()) if "Hello" in s else
+                Verdict("contradictory", (Fact("x", True), Fact("y", False), Fact("z", False)))
+                for s in sentences]
+
+
 def test_fact_level_verdicts_add_facts_and_fact_score(tmp_path):
     """An annotator returning atomic facts (as factscore does) gets them on every response."""
-    from maskdpo_cli.annotation import annotate_record
-    from maskdpo_cli.annotators.base import Fact, Verdict
-
-    class Facts:
-        name = "facts"
-
-        def describe(self):
-            return {"name": self.name}
-
-        async def judge(self, record, sentences):
-            return [Verdict("ok", (Fact(f"{s} is true", True),)) if "Paris" in s else
-                    Verdict("nofact", ()) if "Hello" in s else
-                    Verdict("contradictory", (Fact("x", True), Fact("y", False), Fact("z", False)))
-                    for s in sentences]
-
-    import asyncio
-
-    record = asyncio.run(annotate_record(Q_EN, Facts()))
+    record = annotate_one(Q_EN, Facts())
     first, second = record["responses"][:2]
     assert first["facts"] == [{"text": "The capital is Paris. is true", "sentence": 1, "label": "supported"},
                               {"text": "x", "sentence": 2, "label": "supported"},
@@ -359,8 +376,17 @@ def test_fact_level_verdicts_add_facts_and_fact_score(tmp_path):
     assert (first["n_facts_supported"], first["n_facts_unsupported"], first["fact_score"]) == (2, 2, 0.5)
     assert (second["n_facts_supported"], second["n_facts_unsupported"]) == (2, 2)
     with JudgeServer() as server:  # a sentence-level annotator adds no fact fields
-        plain = asyncio.run(annotate_record(Q_EN, make_annotator("anah-v2", config(server))))
+        plain = annotate_one(Q_EN, make_annotator("anah-v2", config(server)))
     assert all("facts" not in resp and "fact_score" not in resp for resp in plain["responses"])
+
+
+def test_a_fact_level_annotator_keeps_the_fact_fields_when_every_response_is_empty():
+    """The annotator says it is fact-level: a question with no sentence at all still gets fact fields."""
+    record = annotate_one({**Q_EN, "responses": [{"index": 0, "text": ""}, {"index": 1, "text": " \n"}]}, Facts())
+    for resp in record["responses"]:
+        assert (resp["sentences"], resp["facts"], resp["n_facts_supported"], resp["n_facts_unsupported"]) == \
+            ([], [], 0, 0)
+        assert resp["fact_score"] == 0.0
 
 
 # --------------------------------------------------------------------------- the authors' prompt file

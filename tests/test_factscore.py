@@ -13,8 +13,8 @@ import pytest
 
 from helpers import write_jsonl
 from judge_server import MALFORMED, JudgeServer, first_turn
-from maskdpo_cli.annotation import JudgeConfig, run_annotate
-from maskdpo_cli.annotators.anah_v2 import REASK_TEMPERATURE
+from maskdpo_cli.annotation import run_annotate
+from maskdpo_cli.annotators.judging import REASK_TEMPERATURE, JudgeConfig
 from maskdpo_cli.annotators.factscore import parse_facts, parse_verdict
 from maskdpo_cli.errors import JudgeError
 from maskdpo_cli.evaluation import length_penalty
@@ -212,6 +212,18 @@ def test_a_perfect_fact_splitter_reproduces_the_oracles_fact_counts(world_dir, t
     assert counts(oracle) == counts(factscore)
     totals = [sum(x) for x in zip(*[(s, u) for s, u, _ in counts(oracle)])]
     assert totals[0] > 0 and totals[1] > 0  # both kinds of fact were exercised
+
+
+def test_fact_level_annotators_give_fact_fields_to_a_question_whose_responses_are_all_empty(world_dir, tmp_path):
+    empty = {**Q, "responses": [{"index": 0, "text": ""}, {"index": 1, "text": "  "}]}
+    samples = write_jsonl(tmp_path / "s.jsonl", [empty])
+    run_annotate(str(samples), str(tmp_path / "oracle.jsonl"), annotator=f"world:{world_dir}", judge=JudgeConfig())
+    with JudgeServer(scripted) as server:
+        run_annotate(str(samples), str(tmp_path / "fs.jsonl"), annotator="factscore", judge=config(server))
+    for name in ("oracle.jsonl", "fs.jsonl"):
+        (record,) = read_records(tmp_path / name, "annotated")
+        assert [(r["facts"], r["n_facts_supported"], r["n_facts_unsupported"]) for r in record["responses"]] == \
+            [([], 0, 0)] * 2
 
 
 # ---------------------------------------------------------------- eval with two annotators

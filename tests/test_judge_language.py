@@ -23,8 +23,8 @@ import pytest
 
 from helpers import labels_of, write_jsonl
 from judge_server import EN_LABELS, EN_REQUESTS, Q_ZH, ZH_LABELS, JudgeServer, anah_script
-from maskdpo_cli.annotation import JudgeConfig, run_annotate
-from maskdpo_cli.annotators.anah_v2 import REASK_TEMPERATURE
+from maskdpo_cli.annotation import run_annotate
+from maskdpo_cli.annotators.judging import REASK_TEMPERATURE, JudgeConfig
 from maskdpo_cli.records import read_records
 
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]

@@ -9,7 +9,12 @@ previous reply is back, without waiting for the other sentences.
 Sentence-level annotators (anah-v2) leave `facts` as None. Fact-level annotators
 (factscore, the world oracle) also return the sentence's atomic facts, each supported or
 not; `annotate` then adds `facts`, `n_facts_supported`, `n_facts_unsupported` and
-`fact_score` to every response.
+`fact_score` to every response. An annotator says which kind it is with `fact_level`.
+
+An annotator that needs more of each record than the samples contract (anah-v2 and factscore
+need the question's `document`) also has `validate(record, path, line)`, which raises
+InputError naming the file, line and field; `annotate` calls it on every record before
+anything is judged.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class Verdict:
 
 class Annotator(Protocol):
     name: str
+    # Whether verdicts carry atomic facts: `annotate` then adds the fact fields to every
+    # response, even to those of a question with no sentence at all.
+    fact_level: bool
 
     def describe(self) -> dict[str, Any]:
         """How the labels were made (annotator, judge, prompts): the record's "annotator" field."""
@@ -43,12 +51,4 @@ class Annotator(Protocol):
 
     async def judge(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
         """One Verdict per sentence, for distinct sentences answering `record`'s question."""
-        ...
-
-
-class InputChecks(Protocol):
-    """Optional: an annotator that needs more of each record than the samples contract."""
-
-    def validate(self, record: dict[str, Any], path: str, line: int | None) -> None:
-        """Raise InputError naming path, line and field before anything is judged."""
         ...

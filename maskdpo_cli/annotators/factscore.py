@@ -29,25 +29,21 @@ name this annotator, so a rerun or a sentence repeated across samples costs noth
 field, or the question itself when it has none (FactScore's topic is the person asked
 about). {passages} is the retrieved passages, best first, each as "Passage N:" and its
 text, separated by blank lines. A missing language or key keeps the built-in wording.
+
+Asking, re-asking, caching and failure reports are maskdpo_cli.annotators.judging's,
+shared with anah-v2; this module holds the protocol.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
-from maskdpo_cli.annotators.anah_v2 import (REASK_TEMPERATURE, JudgmentCache, _all, _digest, _Failure, load_prompts,
-                                           raise_failures, render)
 from maskdpo_cli.annotators.base import Fact, Verdict
-from maskdpo_cli.annotators.judges import make_judge
+from maskdpo_cli.annotators.judges import Messages
+from maskdpo_cli.annotators.judging import ChatJudgeAnnotator, Failure, JudgeConfig, digest, gather_all, render
 from maskdpo_cli.annotators.retrieval import PASSAGE_WORDS, TOP_K, PassageIndex
-from maskdpo_cli.errors import InputError
-from maskdpo_cli.segmentation import detect_language
-
-if TYPE_CHECKING:
-    from maskdpo_cli.annotation import JudgeConfig
-
-T = TypeVar("T")
 
 PLACEHOLDERS = {"system": {"question", "topic"},
                 "split": {"question", "topic", "sentence"},
@@ -126,96 +122,76 @@ def sentence_label(facts: tuple[Fact, ...]) -> str:
     return "ok" if all(f.supported for f in facts) else "unverifiable"
 
 
-class FactScoreAnnotator:
+@dataclass
+class Question:
+    """What every sentence of one question shares: its templates, context and passage index."""
+
+    record: dict[str, Any]
+    language: str
+    templates: dict[str, str]
+    context: dict[str, str]  # {question} and {topic}
+    system: Messages
+    index: PassageIndex | None = field(default=None)  # built on the first fact to verify, once
+
+
+class FactScoreAnnotator(ChatJudgeAnnotator):
+    """Splits each sentence into atomic facts and verifies each one (see the module docstring)."""
+
     name = "factscore"
+    fact_level = True
+    default_prompts = DEFAULT_PROMPTS
+    placeholders = PLACEHOLDERS
+    document_use = "checks each atomic fact against passages of the question's reference document"
 
     def __init__(self, config: JudgeConfig, top_k: int = TOP_K, passage_words: int = PASSAGE_WORDS) -> None:
-        self.config = config
+        super().__init__(config)
         self.top_k, self.passage_words = top_k, passage_words
-        self.prompts = load_prompts(config.prompts_file, DEFAULT_PROMPTS, PLACEHOLDERS)
-        self.prompts_digest = _digest(self.prompts)[:16]
-        self.chat_judge = make_judge(config)  # not `judge`: that is the Annotator method
-        self.cache = JudgmentCache(config.cache_path, keep_new=False)  # memory stays flat, as anah-v2's
-
-    def validate(self, record: dict[str, Any], path: str = "<input>", line: int | None = None) -> None:
-        document = record.get("document")
-        if not isinstance(document, str) or not document.strip():
-            raise InputError("missing or empty: factscore checks each atomic fact against passages of "
-                             "the question's reference document", path, line, "document")
 
     def describe(self) -> dict[str, Any]:
-        prompts: Any = "builtin"
-        if self.config.prompts_file is not None:
-            prompts = {"file": str(self.config.prompts_file), "sha256": self.prompts_digest}
-        return {"name": self.name, "judge": self.chat_judge.describe(), "prompts": prompts,
-                "retrieval": {"method": "bm25", "package": "bm25s", "top_k": self.top_k,
-                              "passage_words": self.passage_words}}
+        return {**super().describe(), "retrieval": {"method": "bm25", "package": "bm25s", "top_k": self.top_k,
+                                                    "passage_words": self.passage_words}}
 
-    async def aclose(self) -> None:
-        try:
-            await self.chat_judge.aclose()
-        finally:
-            self.cache.close()
-
-    async def judge(self, record: dict[str, Any], sentences: list[str]) -> list[Verdict]:
-        """Every sentence is split, and each of its facts verified, at once; each step awaits only its own replies."""
-        self.validate(record)  # callers other than run_annotate get the same clear error
-        await self.chat_judge.ready()  # the cache key names the judge's model
-        language = record.get("language") or detect_language(record["question"] + record["document"])
+    def start_question(self, record: dict[str, Any], language: str) -> Question:
         templates = self.prompts[language]
         context = {"question": record["question"], "topic": _topic(record)}
         system = [{"role": "system", "content": render(templates["system"], context)}] \
             if templates["system"].strip() else []
-        index: list[PassageIndex] = []  # built on the first fact to verify, once per question
+        return Question(record, language, templates, context, system)
 
-        def passages(fact: str) -> str:
-            if not index:
-                index.append(PassageIndex.of_document(record["document"], self.passage_words, language))
-            return passages_text(index[0].top(fact, self.top_k))
+    async def judge_sentence(self, question: Question, sentence: str) -> Verdict | Failure:
+        """Split the sentence, then verify each of its facts at once; cached, facts included."""
+        key = self._key(question.record, question.language, sentence)
+        saved = self.cache.record(key)
+        if saved is not None:
+            return Verdict(saved["label"], tuple(Fact(f["text"], bool(f["supported"])) for f in saved["facts"]))
+        prompt = render(question.templates["split"], {**question.context, "sentence": sentence})
+        texts, reply = await self.ask(question.system + [{"role": "user", "content": prompt}], parse_facts)
+        if texts is None:
+            return Failure(sentence, 'atomic facts as lines starting with "- ", or <No Facts> (<无事实>)', reply)
+        checked = await gather_all([self._verify(question, t) for t in texts])
+        bad = next((reply for verdict, reply in checked if verdict is None), None)
+        if bad is not None:
+            return Failure(sentence, "True or False for each of its facts", bad)
+        facts = tuple(Fact(t, verdict) for t, (verdict, _) in zip(texts, checked))
+        label = sentence_label(facts)
+        self.cache.put(key, label, sentence=sentence, facts=[{"text": f.text, "supported": f.supported}
+                                                              for f in facts])
+        return Verdict(label, facts)
 
-        async def verify(fact: str) -> tuple[bool | None, str]:
-            prompt = render(templates["verify"], {**context, "passages": passages(fact), "fact": fact})
-            return await self._ask(system + [{"role": "user", "content": prompt}], parse_verdict)
-
-        async def one(sentence: str) -> Verdict | _Failure:
-            key = self._key(record, language, sentence)
-            saved = self.cache.record(key)
-            if saved is not None:
-                return Verdict(saved["label"], tuple(Fact(f["text"], bool(f["supported"])) for f in saved["facts"]))
-            prompt = render(templates["split"], {**context, "sentence": sentence})
-            texts, reply = await self._ask(system + [{"role": "user", "content": prompt}], parse_facts)
-            if texts is None:
-                return _Failure(sentence, 'atomic facts as lines starting with "- ", or <No Facts> (<无事实>)', reply)
-            checked = await _all([verify(t) for t in texts])
-            bad = next((reply for verdict, reply in checked if verdict is None), None)
-            if bad is not None:
-                return _Failure(sentence, "True or False for each of its facts", bad)
-            facts = tuple(Fact(t, verdict) for t, (verdict, _) in zip(texts, checked))
-            label = sentence_label(facts)
-            self.cache.put(key, label, sentence=sentence, facts=[{"text": f.text, "supported": f.supported}
-                                                                  for f in facts])
-            return Verdict(label, facts)
-
-        outcomes = await _all([one(s) for s in sentences])
-        raise_failures(record, outcomes, self.config.max_retries + 1, self.cache.path)
-        return outcomes
+    async def _verify(self, question: Question, fact: str) -> tuple[bool | None, str]:
+        if question.index is None:
+            question.index = PassageIndex.of_document(question.record["document"], self.passage_words,
+                                                      question.language)
+        passages = passages_text(question.index.top(fact, self.top_k))
+        prompt = render(question.templates["verify"], {**question.context, "passages": passages, "fact": fact})
+        return await self.ask(question.system + [{"role": "user", "content": prompt}], parse_verdict)
 
     def _key(self, record: dict[str, Any], language: str, sentence: str) -> str:
         """Same judge, prompts, retrieval, question, topic, document and sentence: same facts."""
         judge = self.chat_judge.describe()
         identity = [self.name, judge["backend"], judge["model"], language, self.prompts_digest, self.top_k,
                     self.passage_words, record["question"], record.get("topic"), record["document"], sentence]
-        return _digest(identity)
-
-    async def _ask(self, messages: list[dict[str, str]], parse: Callable[[str], T | None]) -> tuple[T | None, str]:
-        """(parsed, reply); a malformed reply is asked again with some sampling, then given up (None)."""
-        reply = ""
-        for attempt in range(self.config.max_retries + 1):
-            reply = await self.chat_judge.reply(messages, temperature=0.0 if attempt == 0 else REASK_TEMPERATURE)
-            value = parse(reply)
-            if value is not None:
-                return value, reply
-        return None, reply
+        return digest(identity)
 
 
 def _topic(record: dict[str, Any]) -> str:

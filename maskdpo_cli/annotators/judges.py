@@ -19,7 +19,7 @@ from maskdpo_cli.errors import JudgeError, MaskDPOError
 from maskdpo_cli.openai_client import OpenAIClient, message_content
 
 if TYPE_CHECKING:
-    from maskdpo_cli.annotation import JudgeConfig
+    from maskdpo_cli.annotators.judging import JudgeConfig
 
 Messages = list[dict[str, str]]
 

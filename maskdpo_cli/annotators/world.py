@@ -50,6 +50,7 @@ class WorldAnnotator:
     """Labels sentences against a world directory's facts (see the module docstring)."""
 
     name = "world"
+    fact_level = True
 
     def __init__(self, world_dir: str | Path) -> None:
         self.world_dir = str(world_dir)
