@@ -18,6 +18,10 @@ against served judges, with memory bounded whatever the input's size:
 - Output is written strictly in input order: a question judged early waits in the window
   for the ones before it. When a question fails, no new one is admitted, the ones before
   it are finished and written, and then its error is raised.
+- Spans: when the annotator locates facts inside a sentence (factscore's quotes), the
+  sentence carries `spans`, shifted from the sentence's own text into the response text.
+  Facts it could not locate are counted and reported in the summary line: their sentences
+  keep sentence level.
 - The output is append-only with resume: a rerun of the same command skips the questions
   already written, and the annotator's judgment cache pays for none of the sentences
   already judged.
@@ -42,6 +46,8 @@ from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import progress_bar
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, sentence_counts
 from maskdpo_cli.segmentation import SEGMENTERS, Sentence, split_sentences
+
+SPAN_LABELS = tuple(label for label in LABELS if label != "nofact")  # a span states a fact
 
 
 def judgments_path(output: str | None) -> str | None:
@@ -87,11 +93,14 @@ def run_annotate(samples: str, output: str | None, *, annotator: str, judge: Jud
                     stats["correct"] += resp["n_correct"]
                 progress.update(bar, advance=1, info=f"{stats['sentences']} sentences")
 
-            asyncio.run(annotate_stream(todo(), labeler, write, segmenter=segmenter, capacity=judge.capacity))
+            unplaced = asyncio.run(annotate_stream(todo(), labeler, write, segmenter=segmenter,
+                                                   capacity=judge.capacity))
     resumed = f" ({stats['skipped']} already done)" if stats["skipped"] else ""
     share = f"{100 * stats['correct'] / stats['sentences']:.1f}%" if stats["sentences"] else "-"
+    fallback = (f"; {unplaced.facts} facts not found in their sentence, so {unplaced.sentences} sentences "
+                "fell back to sentence level (no spans)") if unplaced.facts else ""
     return (f"{stats['questions']} questions{resumed}, {stats['sentences']} sentences, {share} "
-            f"hallucination-free -> {output if output and output != STDIO else '<stdout>'}")
+            f"hallucination-free -> {output if output and output != STDIO else '<stdout>'}{fallback}")
 
 
 def _rereadable(path: str) -> bool:
@@ -124,10 +133,33 @@ class _Question:
     verdicts: asyncio.Future[list[Verdict]]
 
 
+@dataclass
+class Unplaced:
+    """Facts an annotator could not locate in their sentence, over the sentences written.
+
+    Such a sentence has no spans: all of its facts fall back to the sentence's label.
+    """
+
+    facts: int = 0
+    sentences: int = 0
+
+    def count(self, question: _Question, verdicts: list[Verdict]) -> None:
+        by_text = dict(zip(question.unique, verdicts))
+        for sents in question.split:
+            for sentence in sents:
+                missing = by_text[sentence.text].unplaced
+                self.facts += missing
+                self.sentences += missing > 0
+
+
 async def annotate_stream(records: Iterable[Record], annotator: Annotator, write: Callable[[Record], None], *,
-                          segmenter: str = "default", capacity: int = DEFAULT_CONCURRENCY) -> None:
-    """Judge `records` with a bounded window in flight and `write` each annotated one in input order."""
+                          segmenter: str = "default", capacity: int = DEFAULT_CONCURRENCY) -> Unplaced:
+    """Judge `records` with a bounded window in flight and `write` each annotated one in input order.
+
+    Returns the tally of facts the annotator could not locate in the records written.
+    """
     max_questions, max_sentences = max(8, capacity), 4 * capacity
+    unplaced = Unplaced()
     window: deque[_Question] = deque()
     rows = iter(records)
     more, failed = True, False
@@ -155,8 +187,10 @@ async def annotate_stream(records: Iterable[Record], annotator: Annotator, write
             while window and window[0].verdicts.done():
                 question = window.popleft()
                 write(_assemble(question, annotator, question.verdicts.result()))
+                unplaced.count(question, question.verdicts.result())
         if bad_input is not None:
             raise bad_input
+        return unplaced
     finally:
         for question in window:
             question.verdicts.cancel()
@@ -184,7 +218,7 @@ def _assemble(question: _Question, annotator: Annotator, verdicts: list[Verdict]
 
 
 def _response(resp: Record, sents: list[Sentence], by_text: dict[str, Verdict], fact_level: bool) -> Record:
-    labelled = [{"start": s.start, "end": s.end, "text": s.text, "label": by_text[s.text].label} for s in sents]
+    labelled = [_sentence(s, by_text[s.text]) for s in sents]
     n_correct, n_incorrect = sentence_counts(labelled)
     out: dict[str, Any] = {**resp, "sentences": labelled, "n_correct": n_correct, "n_incorrect": n_incorrect,
                            "score": factuality_score(n_correct, n_incorrect)}
@@ -194,6 +228,15 @@ def _response(resp: Record, sents: list[Sentence], by_text: dict[str, Verdict], 
         supported = sum(f["label"] == "supported" for f in facts)
         out.update(facts=facts, n_facts_supported=supported, n_facts_unsupported=len(facts) - supported,
                    fact_score=factuality_score(supported, len(facts) - supported))
+    return out
+
+
+def _sentence(sentence: Sentence, verdict: Verdict) -> Record:
+    """The labelled sentence; its spans, when the annotator located its facts, shifted into the response text."""
+    out: Record = {"start": sentence.start, "end": sentence.end, "text": sentence.text, "label": verdict.label}
+    if verdict.spans is not None:
+        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label}
+                        for span in verdict.spans]
     return out
 
 
@@ -207,7 +250,13 @@ def _checked_verdicts(annotator: Annotator, record: Record, sentences: list[str]
     if unknown:
         raise JudgeError(f"annotator {annotator.name} returned the unknown label {unknown[0]!r} "
                          f"for question {record['id']!r}; expected one of {', '.join(LABELS)}")
+    for sentence, verdict in zip(sentences, verdicts):
+        for span in verdict.spans or ():
+            if not (0 <= span.start < span.end <= len(sentence) and span.label in SPAN_LABELS):
+                raise JudgeError(f"annotator {annotator.name} returned the span {span} outside the sentence "
+                                 f"{sentence[:200]!r} or with a label not in {', '.join(SPAN_LABELS)} "
+                                 f"(question {record['id']!r})")
     return verdicts
 
 
-__all__ = ["JudgeConfig", "run_annotate", "annotate_stream", "judgments_path"]
+__all__ = ["JudgeConfig", "Unplaced", "run_annotate", "annotate_stream", "judgments_path"]

@@ -15,6 +15,10 @@ with a reply with no marker, `delay_first` chat requests delayed by `delay` seco
 `garbage_first` chat requests answered 200 with a body that is not JSON, `torn_first` chat
 requests answered with half a body before the connection drops.
 `max_in_flight` is the most chat requests the server was answering at once.
+
+`factscore_script(splits)` plays the FactScore protocol instead: each sentence's facts, with
+the quotes that place them, come from `splits`; a claim is True when each of its
+capitalised words and numbers is in the passages shown with it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,35 @@ Q_ZH = {"id": "zh1", "question": "法国的首都是哪里？", "document": "巴
                       {"index": 1, "text": "首都是柏林。火星人同意。"}]}
 ZH_LABELS = {"你好！": "nofact", "首都是巴黎。": "ok", "不是柏林。": "contradictory", "首都是柏林。": "contradictory",
              "火星人同意。": "unverifiable"}
+
+def between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
+
+
+Split = list[tuple[str, "str | None"]]  # (fact, quote of the sentence that states it; None: no quote)
+
+
+def split_reply(facts: Split) -> str:
+    """A FactScore split reply: "- FACT | QUOTE" per fact ("- FACT" without a quote), or <No Facts>."""
+    lines = [f"- {fact} | {quote}" if quote is not None else f"- {fact}" for fact, quote in facts]
+    return "\n".join(lines) or "<No Facts>"
+
+
+def factscore_script(splits: dict[str, Split]) -> Callable[[Messages], str]:
+    """A FactScore judge: splits from `splits` (a "gibberish" sentence gets no usable reply, ever), and
+    a claim is True when each of its capitalised words and numbers is in the passages it was shown."""
+    def script(messages: Messages) -> str:
+        prompt = messages[-1]["content"]
+        if "Claim:" in prompt:
+            passages, claim = between(prompt, "\n\n", "\n\nClaim:"), between(prompt, "Claim:", "\n\n")
+            return "True" if all(w in passages for w in re.findall(r"[A-Z][a-z]+|\d+", claim)) else "False."
+        sentence = between(prompt, "Sentence:\n", "\n\n")
+        if "gibberish" in sentence:
+            return MALFORMED
+        return split_reply(splits[sentence])
+
+    return script
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # many clients connect at once: the default backlog (5) drops some

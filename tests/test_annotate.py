@@ -59,6 +59,7 @@ def test_three_turns_in_one_conversation_and_labels_for_every_branch(tmp_path):
         run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="anah-v2", judge=config(server))
     (record,) = read_records(tmp_path / "out.jsonl", "annotated")
     assert labels_of(record) == EN_LABELS
+    assert not any("spans" in s for resp in record["responses"] for s in resp["sentences"])  # per sentence only
     third_turns = [c for c in server.conversations if len(c) == 5]
     assert len(third_turns) == 2  # Paris and Berlin reach the type question
     for conv in third_turns:

@@ -4,7 +4,6 @@ facts reproduced by a perfect fact splitter, and `eval` with two annotators over
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from helpers import write_jsonl
-from judge_server import MALFORMED, JudgeServer, first_turn
+from judge_server import JudgeServer, between, factscore_script, first_turn, split_reply
 from maskdpo_cli.annotation import run_annotate
 from maskdpo_cli.annotators.judging import REASK_TEMPERATURE, JudgeConfig
-from maskdpo_cli.annotators.factscore import parse_facts, parse_verdict
+from maskdpo_cli.annotators.factscore import SplitFact, parse_facts, parse_verdict, place_quotes
 from maskdpo_cli.errors import JudgeError
 from maskdpo_cli.evaluation import length_penalty
 from maskdpo_cli.records import read_records
@@ -37,31 +36,15 @@ Q = {"id": "q1", "question": "Who was Ada Lovelace?", "document": DOCUMENT, "lan
      "responses": [{"index": 0, "text": "Hello there! Ada Lovelace was born in London and wrote programs."},
                    {"index": 1, "text": "Ada Lovelace was born in Paris. Hello there!"},
                    {"index": 2, "text": "Ada Lovelace was born in London and wrote programs. She was born in 1815."}]}
-SPLITS = {
+SPLITS = {  # each fact with the words of its sentence that state it
     "Hello there!": [],
-    "Ada Lovelace was born in London and wrote programs.": ["Ada Lovelace was born in London.",
-                                                            "Ada Lovelace wrote programs for the Analytical Engine."],
-    "Ada Lovelace was born in Paris.": ["Ada Lovelace was born in Paris."],
-    "She was born in 1815.": ["Ada Lovelace was born in 1815."],
+    "Ada Lovelace was born in London and wrote programs.": [
+        ("Ada Lovelace was born in London.", "born in London"),
+        ("Ada Lovelace wrote programs for the Analytical Engine.", "wrote programs")],
+    "Ada Lovelace was born in Paris.": [("Ada Lovelace was born in Paris.", "born in Paris")],
+    "She was born in 1815.": [("Ada Lovelace was born in 1815.", "born in 1815")],
 }
-
-
-def between(text: str, start: str, end: str) -> str:
-    return text.split(start, 1)[1].split(end, 1)[0].strip()
-
-
-def scripted(messages: list[dict[str, str]]) -> str:
-    """A FactScore judge: splits from SPLITS (a "gibberish" sentence gets no usable reply, ever),
-    and a claim is True when each of its capitalised words is in the passages it was shown."""
-    prompt = messages[-1]["content"]
-    if "Claim:" in prompt:
-        passages, claim = between(prompt, "\n\n", "\n\nClaim:"), between(prompt, "Claim:", "\n\n")
-        return "True" if all(w in passages for w in re.findall(r"[A-Z][a-z]+|\d+", claim)) else "False."
-    sentence = between(prompt, "Sentence:\n", "\n\n")
-    if "gibberish" in sentence:
-        return MALFORMED
-    facts = SPLITS[sentence]
-    return "\n".join(f"- {f}" for f in facts) if facts else "<No Facts>"
+scripted = factscore_script(SPLITS)
 
 
 def config(server: JudgeServer, **overrides) -> JudgeConfig:
@@ -131,6 +114,76 @@ def test_malformed_replies_are_asked_again_then_reported_and_the_cache_keeps_the
     assert [r["id"] for r in read_records(out, "annotated")] == ["q1", "q2"]
 
 
+def spans_of(response: dict) -> list[list[tuple[str, str]]]:
+    """Per sentence, its spans as (quoted text, label); None for a sentence without spans."""
+    return [None if "spans" not in s else [(response["text"][x["start"]:x["end"]], x["label"]) for x in s["spans"]]
+            for s in response["sentences"]]
+
+
+def test_quotes_found_become_spans_in_the_response_text_and_come_back_from_the_cache(tmp_path):
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer(scripted) as server:
+        summary = run_annotate(str(samples), str(out), annotator="factscore", judge=config(server))
+    assert "fell back" not in summary
+    (record,) = read_records(out, "annotated")
+    first, second, third = record["responses"]
+    assert spans_of(first) == [None, [("born in London", "ok"), ("wrote programs", "ok")]]
+    assert first["sentences"][1]["spans"] == [{"start": 30, "end": 44, "label": "ok"},
+                                              {"start": 49, "end": 63, "label": "ok"}]
+    assert spans_of(second) == [[("born in Paris", "unverifiable")], None]  # not supported by the document
+    assert spans_of(third) == [[("born in London", "ok"), ("wrote programs", "ok")], [("born in 1815", "ok")]]
+    for resp in record["responses"]:
+        for sentence in resp["sentences"]:
+            assert all(sentence["start"] <= x["start"] < x["end"] <= sentence["end"] for x in sentence.get("spans", []))
+    # The quotes are kept with the judgments: annotating again from the cache asks nothing and writes the same.
+    out.unlink()
+    with JudgeServer(scripted) as server:
+        run_annotate(str(samples), str(out), annotator="factscore", judge=config(server))
+    assert server.chat_requests == 0
+    assert read_records(out, "annotated")[0]["responses"] == record["responses"]
+
+
+def test_a_fact_whose_quote_is_not_found_sends_its_sentence_back_to_sentence_level_and_is_counted(tmp_path):
+    splits = {**SPLITS,
+              "Ada Lovelace was born in London and wrote programs.": [
+                  ("Ada Lovelace was born in London.", "born in London"),
+                  ("Ada Lovelace wrote programs for the Analytical Engine.", "wrote many programs")],  # not verbatim
+              "She was born in 1815.": [("Ada Lovelace was born in 1815.", None)]}  # no quote at all
+    samples = write_jsonl(tmp_path / "s.jsonl", [Q])
+    out = tmp_path / "out.jsonl"
+    with JudgeServer(factscore_script(splits)) as server:
+        result = subprocess.run([*MASKDPO, "annotate", str(samples), "--annotator", "factscore", "--judge-url",
+                                 server.url, "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # The London sentence is in two responses (one fact unplaced in each), the 1815 one in one.
+    report = " ".join(result.stderr.split())  # the terminal width may wrap it
+    assert "3 facts not found in their sentence, so 3 sentences fell back to sentence level" in report
+    (record,) = read_records(out, "annotated")
+    first, second, third = record["responses"]
+    assert spans_of(first) == [None, None] and spans_of(third) == [None, None]
+    assert spans_of(second) == [[("born in Paris", "unverifiable")], None]  # other sentences keep theirs
+    assert [s["label"] for s in third["sentences"]] == ["ok", "ok"] and third["n_facts_supported"] == 3
+
+
+def test_a_quote_that_occurs_twice_goes_to_the_first_occurrence_no_earlier_fact_holds(tmp_path):
+    sentence = "Ada Lovelace was born in London and died in London."
+    splits = {sentence: [("Ada Lovelace was born in London.", "London"), ("Ada Lovelace died in London.", "London"),
+                         ("Ada Lovelace lived in London.", "London"), ("Ada Lovelace was born.", "Ada Lovelace")]}
+    samples = write_jsonl(tmp_path / "s.jsonl", [{**Q, "responses": [{"index": 0, "text": "Hi. " + sentence}]}])
+    with JudgeServer(factscore_script({**splits, "Hi.": []})) as server:
+        run_annotate(str(samples), str(tmp_path / "out.jsonl"), annotator="factscore", judge=config(server))
+    (record,) = read_records(tmp_path / "out.jsonl", "annotated")
+    london = [4 + sentence.index("London"), 4 + sentence.rindex("London")]
+    assert [(x["start"], x["end"]) for x in record["responses"][0]["sentences"][1]["spans"]] == [
+        (london[0], london[0] + 6), (london[1], london[1] + 6),  # the second fact takes the second London
+        (london[0], london[0] + 6),  # every occurrence held: the first one again
+        (4, 16)]
+    # The rule on its own, Chinese included: overlapping occurrences count, a missing quote places nothing.
+    assert place_quotes("巴黎和巴黎", ["巴黎", "巴黎", "柏林", None]) == [(0, 2), (3, 5), None, None]
+    assert place_quotes("aaa", ["aa", "aa", "aa"]) == [(0, 2), (1, 3), (0, 2)]
+
+
 def test_the_original_factscore_prompts_from_a_file(tmp_path):
     prompts = tmp_path / "factscore_prompts.json"
     prompts.write_text(json.dumps({"en": {
@@ -155,7 +208,10 @@ def test_the_original_factscore_prompts_from_a_file(tmp_path):
 
 
 def test_reply_parsing_and_length_penalty():
-    assert parse_facts("- A.\n- B.\n* C.\n1. D.") == ("A.", "B.", "C.", "D.")
+    assert parse_facts("- A.\n- B.\n* C.\n1. D.") == tuple(map(SplitFact, ("A.", "B.", "C.", "D.")))
+    assert parse_facts('- A. | a\n- B. |"b c"\n- C.|“c”\n- D. | x | y\n- A. | again') == (
+        SplitFact("A.", "a"), SplitFact("B.", "b c"), SplitFact("C.", "c"), SplitFact("D.", "x | y"))
+    assert parse_facts("- A. | \n- | b") == (SplitFact("A."),)  # an empty quote is no quote, no fact no line
     assert parse_facts("<No Facts>") == () and parse_facts("<无事实>") == ()
     assert parse_facts("I cannot tell.") is None and parse_facts("- A.\n<No Facts>") is None
     assert parse_verdict("True") is True and parse_verdict("False. It is not true.") is False

@@ -10,6 +10,8 @@ Sentence-level annotators (anah-v2) leave `facts` as None. Fact-level annotators
 (factscore, the world oracle) also return the sentence's atomic facts, each supported or
 not; `annotate` then adds `facts`, `n_facts_supported`, `n_facts_unsupported` and
 `fact_score` to every response. An annotator says which kind it is with `fact_level`.
+A fact-level annotator that knows where each fact is stated also returns spans, which
+`annotate` writes on the sentence (offsets shifted into the response text).
 
 An annotator that needs more of each record than the samples contract (anah-v2 and factscore
 need the question's `document`) also has `validate(record, path, line)`, which raises
@@ -32,11 +34,28 @@ class Fact:
 
 
 @dataclass(frozen=True)
+class Span:
+    """The characters of a sentence that state one fact: [start, end) into the sentence's own text."""
+
+    start: int
+    end: int
+    label: str  # ok | contradictory | unverifiable: the fact's verdict
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The judgment of one sentence: a label of records.LABELS, and its facts when fact-level."""
+    """The judgment of one sentence: a label of records.LABELS, and its facts when fact-level.
+
+    `spans`, when the annotator can tell, is where each fact is stated in the sentence; None
+    leaves the sentence as the unit (`pair --unit span` then uses its label). `unplaced`
+    counts the facts the annotator could not locate in the sentence: a sentence with any
+    such fact has no spans, so its located facts fall back to the sentence too.
+    """
 
     label: str
     facts: tuple[Fact, ...] | None = None
+    spans: tuple[Span, ...] | None = None
+    unplaced: int = 0
 
 
 class Annotator(Protocol):

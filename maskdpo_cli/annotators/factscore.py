@@ -4,7 +4,9 @@ After FActScore (Min et al., 2023), with a chat judge reached through the same b
 anah-v2 (served endpoints, transformers, LMDeploy):
 
 1. Split: the judge breaks each sentence into atomic facts, one per line starting with
-   "- ", or replies <No Facts> for a sentence that claims nothing checkable.
+   "- ", each followed by " | " and a quote: the words of the sentence that state it
+   ("- Ada Lovelace was born in London. | born in London"), or replies <No Facts> for a
+   sentence that claims nothing checkable.
 2. Retrieve: the question's `document` is cut into passages and BM25 (the bm25s package)
    picks the top 5 for each fact (maskdpo_cli.annotators.retrieval), as FactScore does
    over Wikipedia.
@@ -14,6 +16,14 @@ A fact is supported when the verdict is True. The sentence's label follows from 
 so the sentence-level figures stay comparable with anah-v2: no facts -> nofact, every fact
 supported -> ok, any fact not supported -> unverifiable (FactScore does not tell a
 contradicted fact from an unsupported one, so neither does this label).
+
+Spans: a quote found verbatim in the sentence is where its fact is stated, and becomes a
+span labelled ok (supported) or unverifiable (not supported); a sentence's spans follow the
+order of its facts. A quote that occurs more than once goes to its first occurrence that no
+earlier fact of the sentence holds already; when every occurrence is held, to the first
+(two facts stated by the same words share them). A quote that is missing or not found
+verbatim places nothing: that sentence then has no spans at all (all of its facts fall back
+to the sentence's label, as with anah-v2) and `annotate` counts its unplaced facts.
 
 A reply that is neither a list of facts nor <No Facts>, or neither True nor False (both
 words without one leading counts as neither), is asked again with some sampling, up to
@@ -40,7 +50,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from maskdpo_cli.annotators.base import Fact, Verdict
+from maskdpo_cli.annotators.base import Fact, Span, Verdict
 from maskdpo_cli.annotators.judges import Messages
 from maskdpo_cli.annotators.judging import ChatJudgeAnnotator, Failure, JudgeConfig, digest, gather_all, render
 from maskdpo_cli.annotators.retrieval import PASSAGE_WORDS, TOP_K, PassageIndex
@@ -58,9 +68,14 @@ DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
             "stand for; the question tells who or what the answer is about.\n\n"
             "Question:\n{question}\n\n"
             "Sentence:\n{sentence}\n\n"
-            "Write one fact per line, each line starting with \"- \". If the sentence claims nothing "
-            "that could be checked (a greeting, an opinion, a hedge, a restatement of the question), "
-            "reply with exactly <No Facts>."),
+            "Write one fact per line: \"- \", the fact, \" | \", then the words of the sentence that "
+            "state it, copied exactly as they are written (the shortest part of the sentence that "
+            "states the fact). For example, for the sentence \"Marie Curie, born in Warsaw, won two "
+            "Nobel Prizes.\" write:\n"
+            "- Marie Curie was born in Warsaw. | born in Warsaw\n"
+            "- Marie Curie won two Nobel Prizes. | won two Nobel Prizes\n"
+            "If the sentence claims nothing that could be checked (a greeting, an opinion, a hedge, a "
+            "restatement of the question), reply with exactly <No Facts>."),
         "verify": (
             "Here are passages from a reference document for the question \"{question}\".\n\n"
             "{passages}\n\n"
@@ -75,8 +90,11 @@ DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
             "请把代词换成它所指的名字；问题说明了回答的对象。\n\n"
             "问题：\n{question}\n\n"
             "句子：\n{sentence}\n\n"
-            "每行写一条事实，每行以 \"- \" 开头。如果这句话没有陈述任何可以核实的内容"
-            "（寒暄、观点、模糊的措辞、对问题的复述），请只回复 <无事实>。"),
+            "每行写一条事实：先写 \"- \"，再写事实，然后写 \" | \"，最后写句子中陈述这条事实的原文"
+            "（逐字照抄，取能陈述这条事实的最短部分）。例如，对句子“居里夫人生于华沙，两次获得诺贝尔奖。”写：\n"
+            "- 居里夫人生于华沙。 | 生于华沙\n"
+            "- 居里夫人两次获得诺贝尔奖。 | 两次获得诺贝尔奖\n"
+            "如果这句话没有陈述任何可以核实的内容（寒暄、观点、模糊的措辞、对问题的复述），请只回复 <无事实>。"),
         "verify": (
             "以下是问题“{question}”的参考文档片段。\n\n"
             "{passages}\n\n"
@@ -88,17 +106,72 @@ DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
 
 NO_FACTS_MARKERS = ("<nofacts>", "<无事实>")
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)\s*$")
+_QUOTE_SEPARATOR = re.compile(r"\s*\|\s*")
+_QUOTE_MARKS = {'"': '"', "'": "'", "“": "”", "‘": "’", "「": "」", "『": "』", "«": "»"}
 _VERDICT_WORD = re.compile(r"\b(true|false)\b")
 
 
-def parse_facts(reply: str) -> tuple[str, ...] | None:
-    """The facts of a split reply: its bulleted lines, or () for <No Facts>; None when it is neither."""
-    facts = [m.group(1) for m in map(_BULLET.match, reply.splitlines()) if m]
+@dataclass(frozen=True)
+class SplitFact:
+    """One line of a split reply: the fact, and the words of the sentence that state it (None: not given)."""
+
+    text: str
+    quote: str | None = None
+
+
+def parse_facts(reply: str) -> tuple[SplitFact, ...] | None:
+    """The facts of a split reply: its bulleted lines, or () for <No Facts>; None when it is neither.
+
+    A line is "FACT | QUOTE" (the quote may be wrapped in quotation marks) or just "FACT".
+    A fact given twice counts once, with its first quote.
+    """
+    facts: dict[str, SplitFact] = {}
+    for match in map(_BULLET.match, reply.splitlines()):
+        if match:
+            fact = _split_fact(match.group(1))
+            if fact.text:
+                facts.setdefault(fact.text, fact)
     norm = "".join(reply.lower().split())
     no_facts = any(marker in norm for marker in NO_FACTS_MARKERS)
     if facts:
-        return None if no_facts else tuple(dict.fromkeys(facts))  # both at once: contradictory reply
+        return None if no_facts else tuple(facts.values())  # both at once: contradictory reply
     return () if no_facts else None
+
+
+def _split_fact(line: str) -> SplitFact:
+    parts = _QUOTE_SEPARATOR.split(line, maxsplit=1)
+    quote = parts[1].strip() if len(parts) == 2 else ""
+    if len(quote) >= 2 and _QUOTE_MARKS.get(quote[0]) == quote[-1]:
+        quote = quote[1:-1]
+    return SplitFact(parts[0].strip(), quote or None)
+
+
+def place_quotes(sentence: str, quotes: list[str | None]) -> list[tuple[int, int] | None]:
+    """Where each fact's quote stands in the sentence, as (start, end); None where it is not there verbatim.
+
+    A quote found more than once goes to its first occurrence that no earlier quote holds
+    already; when every occurrence is held, to the first.
+    """
+    held: set[tuple[int, int]] = set()
+    places: list[tuple[int, int] | None] = []
+    for quote in quotes:
+        occurrences = [] if not quote else _occurrences(sentence, quote)
+        if not occurrences:
+            places.append(None)
+            continue
+        place = next((o for o in occurrences if o not in held), occurrences[0])
+        held.add(place)
+        places.append(place)
+    return places
+
+
+def _occurrences(text: str, part: str) -> list[tuple[int, int]]:
+    """Every (start, end) of `part` in `text`, overlapping ones included, left to right."""
+    found, start = [], text.find(part)
+    while start >= 0:
+        found.append((start, start + len(part)))
+        start = text.find(part, start + 1)
+    return found
 
 
 def parse_verdict(reply: str) -> bool | None:
@@ -120,6 +193,17 @@ def sentence_label(facts: tuple[Fact, ...]) -> str:
     if not facts:
         return "nofact"
     return "ok" if all(f.supported for f in facts) else "unverifiable"
+
+
+def fact_verdict(sentence: str, facts: tuple[Fact, ...], quotes: list[str | None]) -> Verdict:
+    """The sentence's verdict from its facts, with a span per fact when every fact's quote is in the sentence."""
+    places = place_quotes(sentence, quotes)
+    unplaced = sum(place is None for place in places)
+    if not facts or unplaced:
+        return Verdict(sentence_label(facts), facts, None, unplaced)
+    spans = tuple(Span(place[0], place[1], "ok" if fact.supported else "unverifiable")
+                  for fact, place in zip(facts, places) if place is not None)
+    return Verdict(sentence_label(facts), facts, spans)
 
 
 @dataclass
@@ -162,21 +246,23 @@ class FactScoreAnnotator(ChatJudgeAnnotator):
         """Split the sentence, then verify each of its facts at once; cached, facts included."""
         key = self._key(question.record, question.language, sentence)
         saved = self.cache.record(key)
-        if saved is not None:
-            return Verdict(saved["label"], tuple(Fact(f["text"], bool(f["supported"])) for f in saved["facts"]))
+        if saved is not None:  # judgments of earlier versions have no quotes: their sentences fall back
+            facts = tuple(Fact(f["text"], bool(f["supported"])) for f in saved["facts"])
+            return fact_verdict(sentence, facts, [f.get("quote") for f in saved["facts"]])
         prompt = render(question.templates["split"], {**question.context, "sentence": sentence})
-        texts, reply = await self.ask(question.system + [{"role": "user", "content": prompt}], parse_facts)
-        if texts is None:
+        split, reply = await self.ask(question.system + [{"role": "user", "content": prompt}], parse_facts)
+        if split is None:
             return Failure(sentence, 'atomic facts as lines starting with "- ", or <No Facts> (<无事实>)', reply)
-        checked = await gather_all([self._verify(question, t) for t in texts])
+        checked = await gather_all([self._verify(question, f.text) for f in split])
         bad = next((reply for verdict, reply in checked if verdict is None), None)
         if bad is not None:
             return Failure(sentence, "True or False for each of its facts", bad)
-        facts = tuple(Fact(t, verdict) for t, (verdict, _) in zip(texts, checked))
-        label = sentence_label(facts)
-        self.cache.put(key, label, sentence=sentence, facts=[{"text": f.text, "supported": f.supported}
-                                                              for f in facts])
-        return Verdict(label, facts)
+        facts = tuple(Fact(f.text, verdict) for f, (verdict, _) in zip(split, checked))
+        quotes = [f.quote for f in split]
+        verdict = fact_verdict(sentence, facts, quotes)
+        self.cache.put(key, verdict.label, sentence=sentence,
+                       facts=[{"text": f.text, "supported": f.supported, "quote": q} for f, q in zip(facts, quotes)])
+        return verdict
 
     async def _verify(self, question: Question, fact: str) -> tuple[bool | None, str]:
         if question.index is None:
@@ -199,5 +285,5 @@ def _topic(record: dict[str, Any]) -> str:
     return topic if isinstance(topic, str) and topic.strip() else record["question"]
 
 
-__all__ = ["FactScoreAnnotator", "DEFAULT_PROMPTS", "PLACEHOLDERS", "parse_facts", "parse_verdict",
-           "sentence_label"]
+__all__ = ["FactScoreAnnotator", "DEFAULT_PROMPTS", "PLACEHOLDERS", "SplitFact", "parse_facts", "parse_verdict",
+           "place_quotes", "fact_verdict", "sentence_label"]
