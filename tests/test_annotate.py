@@ -499,3 +499,59 @@ def test_a_pipe_is_read_once_as_it_streams(tmp_path):
         result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert [labels_of(r) for r in read_records(out, "annotated")] == [EN_LABELS, ZH_LABELS]
+
+
+# --------------------------------------------------------------------------- the judgment cache
+
+def test_the_judgment_cache_indexes_earlier_judgments_and_looks_them_up_on_disk(tmp_path):
+    from maskdpo_cli.annotators.judging import JudgmentCache
+
+    path = tmp_path / "out.jsonl.judgments.jsonl"
+    first = JudgmentCache(path)
+    first.put("a", "ok", sentence="A.", replies=["<Facts Present>", "ref", "<No Hallucination>"])
+    first.put("b", "unverifiable", facts=[{"text": "B is C.", "supported": False, "quote": "B"}])
+    assert first.get("a") is None  # judgments of this run are written, not looked up
+    first.close()
+    assert not (tmp_path / "out.jsonl.judgments.sqlite").exists()  # nothing to index until a run resumes
+
+    # A kill -9 mid-line leaves a torn last line: cut, and what came before it is indexed.
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"key": "c", "label": "nofact"}\n{"key": "d", "lab')
+    second = JudgmentCache(path)
+    assert second.record("a") == {"key": "a", "label": "ok"}  # replies are for people, not kept in the index
+    assert second.record("b") == {"key": "b", "label": "unverifiable",
+                                  "facts": [{"text": "B is C.", "supported": False, "quote": "B"}]}
+    assert (second.get("c"), second.get("d")) == ("nofact", None)
+    assert path.read_text(encoding="utf-8").endswith('"nofact"}\n')
+    second.put("e", "contradictory", sentence="E.")
+    second.close()
+    assert (tmp_path / "out.jsonl.judgments.sqlite").exists()
+
+    third = JudgmentCache(path)  # only the lines written since are read into the index
+    assert [third.get(k) for k in "abce"] == ["ok", "unverifiable", "nofact", "contradictory"]
+    third.close()
+
+    # The index is derived from the file: deleted, it is rebuilt; a file replaced, it is rebuilt for it.
+    (tmp_path / "out.jsonl.judgments.sqlite").unlink()
+    assert JudgmentCache(path).get("e") == "contradictory"
+    path.write_text('{"key": "z", "label": "ok"}\n', encoding="utf-8")
+    replaced = JudgmentCache(path)
+    assert (replaced.get("a"), replaced.get("z")) == (None, "ok")
+    replaced.close()
+    path.unlink()  # a new run starts a new file: the old index goes with the old file
+    fresh = JudgmentCache(path)
+    fresh.put("y", "ok")
+    fresh.close()
+    assert (JudgmentCache(path).get("z"), JudgmentCache(path).get("y")) == (None, "ok")
+
+
+def test_a_judgment_file_with_a_bad_line_is_refused_with_its_line(tmp_path):
+    from maskdpo_cli.annotators.judging import JudgmentCache
+
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"key": "a", "label": "ok"}\n\n{"key": "b", "label": "maybe"}\n{"key": "c", "label": "ok"}\n')
+    with pytest.raises(InputError, match=r"j\.jsonl:3: not a judgment record"):
+        JudgmentCache(path).get("a")
+    path.write_text('{"key": "a", "label": "ok"}\nnot json\n{"key": "c", "label": "ok"}\n')
+    with pytest.raises(InputError, match=r"j\.jsonl:2: not a judgment record"):
+        JudgmentCache(path).get("a")

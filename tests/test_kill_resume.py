@@ -106,6 +106,11 @@ def test_annotate_survives_kill_9(tmp_path):
     # Judgments made before a kill are kept (the judgments cache): the interrupted run paid for
     # little more than one run, the requests in flight at each kill.
     assert server.chat_requests - paid_once <= paid_once + 4 * 2 * 3, (paid_once, server.chat_requests)
+    # Nothing was judged twice: a judgment written before a kill was found on disk by every later
+    # run (each one indexes the lines the runs before it appended), so each key is written once.
+    keys = [json.loads(line)["key"] for line in Path(f"{out}.judgments.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == len(Path(f"{reference}.judgments.jsonl").read_text().splitlines())
+    assert Path(f"{out}.judgments.sqlite").exists()
 
 
 # --------------------------------------------------------------------------- eval

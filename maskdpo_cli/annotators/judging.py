@@ -3,8 +3,9 @@
 - `JudgeConfig`: how to reach the judge (--judge-* options), and where judgments are kept.
 - Prompts: `load_prompts` reads a --prompts file over an annotator's built-in templates and
   checks every placeholder; `render` fills them in.
-- `JudgmentCache`: judgments by key, appended to a file next to the output, so a sentence
-  repeated across the K samples, or already judged before a kill, is never asked twice.
+- `JudgmentCache`: judgments by key, appended to a file next to the output and looked up
+  on disk, so a sentence already judged before a kill is never asked twice, and resuming
+  holds none of them in memory.
 - `ChatJudgeAnnotator`: the base of both annotators. It builds the judge, prompts and cache
   from a JudgeConfig, checks that a record has its reference document, asks with re-asks
   (`ask`: a malformed reply is asked again with some sampling, then given up), runs every
@@ -22,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -30,7 +33,7 @@ from maskdpo_cli.annotators.anah_prompt_file import is_prompt_module, read_promp
 from maskdpo_cli.annotators.base import Verdict
 from maskdpo_cli.annotators.judges import Messages, make_judge
 from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
-from maskdpo_cli.jsonl import RecordWriter, recover_appendable
+from maskdpo_cli.jsonl import RecordWriter
 from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
 from maskdpo_cli.records import LABELS
 from maskdpo_cli.segmentation import detect_language
@@ -118,65 +121,65 @@ def digest(value: Any) -> str:
 
 # ----------------------------------------------------------------------------- the judgment cache
 
-VERDICT_KEYS = ("key", "label", "facts")  # what a cached judgment needs to be reused
+VERDICT_KEYS = ("label", "facts")  # what a cached judgment needs to be reused
+HEAD_BYTES = 4096  # the index checks that the file still starts as it did when indexed
 
 
 class JudgmentCache:
-    """Judgments by key: those of earlier runs (read once, from the file), and new ones appended to it.
+    """Judgments by key, kept in a JSON-lines file and looked up on disk through an SQLite index.
 
-    Each judgment is a record {"key", "label", ...details}; `record` returns it whole, for
-    annotators that keep more than the label (factscore keeps the sentence's facts).
-    With keep_new=False a judgment made in this run is written, not kept in memory: its
-    caller holds it already, and keeping every one would grow memory with the input
-    (millions of sentences at paper scale); judgments read back keep only their verdict.
-    Lines are flushed as they come (a kill -9 loses none) and synced on close.
+    The file (OUTPUT.judgments.jsonl) is the record: one {"key", "label", ...details} per
+    judgment, appended and flushed as it is made, so a kill -9 loses none, and readable by
+    people (anah-v2 keeps the judge's replies there). The index beside it (the same name with
+    the suffix .sqlite) maps each key to its verdict (VERDICT_KEYS) and remembers how far
+    into the file it has read. When a run starts, the lines appended since (the last run's
+    judgments; a torn last line is cut first) are indexed in one streaming pass, so
+    resuming holds no judgment in memory whatever the file's size.
+
+    Judgments made in this run are written, not indexed: `annotate` asks each distinct
+    sentence of a question once, and the next run indexes them. The index is derived
+    data: deleted, it is rebuilt from the file; one that no longer matches the file
+    (shortened, or starting differently) is rebuilt too.
     """
 
-    def __init__(self, path: str | Path | None, keep_new: bool = True) -> None:
+    def __init__(self, path: str | Path | None) -> None:
         self.path = None if path is None else Path(path)
-        self.keep_new = keep_new
-        self._labels: dict[str, dict[str, Any]] | None = None
+        self.index_path = None if self.path is None else self.path.with_suffix(".sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._opened = False
         self._writer: RecordWriter | None = None
         self._fh: Any = None
 
-    def _load(self) -> dict[str, dict[str, Any]]:
-        if self._labels is None:
-            self._labels = {}
-            try:
-                saved = recover_appendable(self.path) if self.path else []
-            except OSError as err:  # e.g. a read-only file whose torn last line cannot be cut
-                raise MaskDPOError(f"{self.path}: cannot resume judgments ({err.strerror})") from None
-            for lineno, rec in enumerate(saved, start=1):
-                if not isinstance(rec.get("key"), str) or rec.get("label") not in LABELS:
-                    raise InputError("not a judgment record; delete the file to judge again",
-                                     str(self.path), lineno)
-                # Without keep_new only the verdict (label, facts) is read back: replies are for people.
-                self._labels[rec["key"]] = rec if self.keep_new else {k: rec[k] for k in VERDICT_KEYS if k in rec}
-        return self._labels
-
     def get(self, key: str) -> str | None:
-        rec = self._load().get(key)
-        return None if rec is None else rec["label"]
+        verdict = self.record(key)
+        return None if verdict is None else verdict["label"]
 
     def record(self, key: str) -> dict[str, Any] | None:
-        return self._load().get(key)
+        """{"key", "label", and "facts" when the annotator kept them} for a judgment of an earlier run."""
+        self._open()
+        if self._db is None:
+            return None
+        row = self._db.execute("SELECT verdict FROM judgments WHERE key = ?", (key,)).fetchone()
+        return None if row is None else {"key": key, **json.loads(row[0])}
 
     def put(self, key: str, label: str, **details: Any) -> None:
-        rec = {"key": key, "label": label, **details}
-        if self.keep_new:
-            self._load()[key] = rec
         if self.path is None:
             return
+        self._open()  # a torn last line is cut before we append
         try:
             if self._writer is None:
-                self._load()  # a torn last line is cut before we append
+                if self._db is None and self.index_path is not None:
+                    self.index_path.unlink(missing_ok=True)  # a new file: an old index would not match it
                 self._fh = open(self.path, "a", encoding="utf-8")
                 self._writer = RecordWriter(self._fh)
-            self._writer.write(rec)
+            self._writer.write({"key": key, "label": label, **details})
         except OSError as err:
             raise MaskDPOError(f"{self.path}: cannot write judgments ({err.strerror})") from None
 
     def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
         if self._fh is not None:
             fh, self._fh, self._writer = self._fh, None, None
             try:
@@ -185,6 +188,78 @@ class JudgmentCache:
                     os.fsync(fh.fileno())
             except OSError as err:
                 raise MaskDPOError(f"{self.path}: cannot write judgments ({err.strerror})") from None
+
+    def _open(self) -> None:
+        """Open the index and bring it up to the end of the file (once): nothing to do without a file."""
+        if self._opened:
+            return
+        self._opened = True
+        if self.path is None or self.index_path is None or not self.path.exists():
+            return
+        try:
+            self._db = sqlite3.connect(self.index_path)
+            self._catch_up(self._db)
+        except OSError as err:  # e.g. a read-only file whose torn last line cannot be cut
+            raise MaskDPOError(f"{self.path}: cannot resume judgments ({err.strerror})") from None
+        except sqlite3.Error as err:
+            raise MaskDPOError(f"{self.index_path}: cannot index judgments ({err}); it is rebuilt from "
+                               f"{self.path.name} when deleted") from None
+
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        assert self.path is not None
+        db.execute("PRAGMA synchronous = OFF")  # derived data: a crash at worst leaves lines to index again
+        db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, verdict TEXT NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE TABLE IF NOT EXISTS progress (upto INTEGER NOT NULL, lines INTEGER NOT NULL, "
+                   "head TEXT NOT NULL)")
+        row = db.execute("SELECT upto, lines, head FROM progress").fetchone()
+        upto, lines = (row[0], row[1]) if row and row[0] <= self.path.stat().st_size \
+            and row[2] == self._head(row[0]) else (0, 0)
+        with db:  # one transaction: a kill -9 during it leaves the index as it was
+            if upto == 0:
+                db.execute("DELETE FROM judgments")
+            end, lines = self._index_lines(db, upto, lines)
+            db.execute("DELETE FROM progress")
+            db.execute("INSERT INTO progress VALUES (?, ?, ?)", (end, lines, self._head(end)))
+
+    def _index_lines(self, db: sqlite3.Connection, upto: int, lines: int) -> tuple[int, int]:
+        """Index the complete lines from byte `upto` on; cut a torn last line. Returns (end, lines indexed)."""
+        assert self.path is not None
+        end, lineno, cut = upto, lines, None
+        with open(self.path, "rb") as fh:
+            fh.seek(upto)
+
+            def verdicts() -> Iterator[tuple[str, str]]:
+                nonlocal end, lineno, cut
+                for line in fh:
+                    if not line.endswith(b"\n"):  # a torn write: everything after the last newline
+                        cut = end
+                        return
+                    try:
+                        rec = json.loads(line) if line.strip() else None
+                    except ValueError:
+                        if not fh.peek(1):  # a torn final record that happened to end in a newline byte
+                            cut = end
+                            return
+                        rec = {}
+                    lineno += 1
+                    if rec is not None:
+                        if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) \
+                                or rec.get("label") not in LABELS:
+                            raise InputError("not a judgment record; delete the file to judge again",
+                                             str(self.path), lineno)
+                        yield rec["key"], json.dumps({k: rec[k] for k in VERDICT_KEYS if k in rec},
+                                                     ensure_ascii=False)
+                    end += len(line)
+
+            db.executemany("INSERT OR REPLACE INTO judgments VALUES (?, ?)", verdicts())
+        if cut is not None:
+            os.truncate(self.path, cut)
+        return end, lineno
+
+    def _head(self, size: int) -> str:
+        assert self.path is not None
+        with open(self.path, "rb") as fh:
+            return hashlib.sha256(fh.read(min(size, HEAD_BYTES))).hexdigest()
 
 
 # ----------------------------------------------------------------------------- failures
@@ -243,7 +318,7 @@ class ChatJudgeAnnotator:
         self.prompts = load_prompts(config.prompts_file, self.default_prompts, self.placeholders)  # fails early
         self.prompts_digest = digest(self.prompts)[:16]
         self.chat_judge = make_judge(config)  # not `judge`: that is the Annotator method
-        self.cache = JudgmentCache(config.cache_path, keep_new=False)  # memory stays flat with the input
+        self.cache = JudgmentCache(config.cache_path)
 
     def validate(self, record: dict[str, Any], path: str = "<input>", line: int | None = None) -> None:
         document = record.get("document")
