@@ -9,10 +9,13 @@ so one `eval` can score with two served judges side by side.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from maskdpo_cli.annotators.base import Annotator
-from maskdpo_cli.annotators.judging import JudgeConfig
 from maskdpo_cli.errors import MaskDPOError
+
+if TYPE_CHECKING:  # the world oracle needs no judge: judging (and its HTTP client) loads with a chat annotator
+    from maskdpo_cli.annotators.judging import JudgeConfig
 
 ANNOTATORS = ("anah-v2", "factscore", "world:DIR")
 CHAT_ANNOTATORS = ("anah-v2", "factscore")
@@ -39,4 +42,4 @@ def make_annotator(spec: str, judge: JudgeConfig) -> Annotator:
                        "(a chat annotator may add @URL: its own judge endpoint)")
 
 
-__all__ = ["Annotator", "JudgeConfig", "make_annotator", "ANNOTATORS", "CHAT_ANNOTATORS"]
+__all__ = ["Annotator", "make_annotator", "ANNOTATORS", "CHAT_ANNOTATORS"]
