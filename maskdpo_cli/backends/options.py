@@ -1,7 +1,7 @@
 """Each backend's own settings, one small dataclass per backend.
 
-They live apart from the backends so that choosing one imports nothing heavy: the openai
-backend never needs torch, the transformers one never needs an HTTP client.
+They live apart from the backends so that building them loads no backend: torch and LMDeploy
+are imported only when an in-process backend is made, never for a served one.
 `backend_options` turns the command's flags into the chosen backend's settings and refuses
 a flag meant for another backend.
 """
