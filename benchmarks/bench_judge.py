@@ -103,7 +103,7 @@ import asyncio, sys
 from maskdpo_cli.openai_client import OpenAIClient
 urls, calls, concurrency = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
 async def main():
-    client = OpenAIClient(urls, concurrency=concurrency)
+    client = OpenAIClient(urls, flag="--judge-url", concurrency=concurrency)
     left = iter(range(calls))
     async def worker():
         for i in left:

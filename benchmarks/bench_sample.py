@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from maskdpo_cli.backends import GenerationParams
+from maskdpo_cli.backends import GenerationParams, TransformersOptions
 from maskdpo_cli.backends.transformers_backend import TransformersBackend
 from maskdpo_cli.models import load_causal_lm, resolve_model
 from maskdpo_cli.sampling import question_seed
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     path = resolve_model(args.model)
-    backend = TransformersBackend(path, device="cpu", batch_size=args.batch_size)
+    backend = TransformersBackend(path, TransformersOptions(device="cpu", batch_size=args.batch_size))
     if args.threads:
         torch.set_num_threads(args.threads)
     stock = load_causal_lm(path)  # transformers' own attention and cache, for the naive loop

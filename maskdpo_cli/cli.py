@@ -23,7 +23,8 @@ from maskdpo_cli.progress import stderr
 app = typer.Typer(
     name="maskdpo",
     help="Fine-grained factuality alignment of LLMs with Mask-DPO: "
-         "sample | annotate | pair | train | eval | cluster, over JSONL.",
+         "sample | annotate | pair | train | eval | cluster, over JSONL. Also: masks (which tokens "
+         "enter the loss), report (tables and plots), world (the embedded world), demo (the method on it).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -78,13 +79,13 @@ def sample(
     output: Optional[str] = OUTPUT,
 ) -> None:
     """Sample N responses per question; resumes when -o FILE already holds some."""
-    from maskdpo_cli.backends import GenerationParams
+    from maskdpo_cli.backends import GenerationParams, backend_options
     from maskdpo_cli.sampling import run_sample
 
     params = GenerationParams(n=n, temperature=temperature, top_k=top_k, top_p=top_p,
                               max_new_tokens=max_new_tokens, seed=seed)
-    summary = run_sample(questions, output, model=model, backend=backend, params=params, batch_size=batch_size,
-                         urls=url or (), api_key=api_key)
+    summary = run_sample(questions, output, model=model, params=params,
+                         backend=backend_options(backend, urls=url or (), api_key=api_key, batch_size=batch_size))
     stderr.print(f"[green]sampled[/] {summary}")
 
 

@@ -48,7 +48,7 @@ def _stage(name: str) -> None:
 def run_demo(out_dir: str, settings: DemoSettings) -> str:
     """Run (or resume) the whole pipeline into out_dir; return the results table (markdown)."""
     from maskdpo_cli.annotation import JudgeConfig, run_annotate
-    from maskdpo_cli.backends import GenerationParams
+    from maskdpo_cli.backends import GenerationParams, TransformersOptions
     from maskdpo_cli.evaluation import run_eval
     from maskdpo_cli.pairing import run_pair
     from maskdpo_cli.jsonl import write_text_atomic
@@ -73,7 +73,7 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
     params = GenerationParams(n=settings.samples_per_question, temperature=0.8, top_k=40,
                               max_new_tokens=settings.max_new_tokens, seed=settings.seed)
     stderr.print(run_sample(str(world / "train_questions.jsonl"), str(out / "samples.jsonl"), model=str(policy),
-                            backend="transformers", params=params, batch_size=None), highlight=False)
+                            backend=TransformersOptions(), params=params), highlight=False)
     _stage("4/7 annotate")
     stderr.print(run_annotate(str(out / "samples.jsonl"), str(out / "annotated.jsonl"), annotator=annotator,
                               judge=judge), highlight=False)

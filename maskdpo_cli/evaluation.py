@@ -349,6 +349,7 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
                    urls: Sequence[str] = (), api_key: str | None = None) -> dict[str, Any]:
     """Generate, annotate and summarize one model in out/<name>/; each step resumes."""
     from maskdpo_cli.annotation import run_annotate
+    from maskdpo_cli.backends import backend_options
     from maskdpo_cli.sampling import run_sample
 
     annotators = [annotator] if isinstance(annotator, str) else list(annotator)
@@ -359,8 +360,8 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
         samples = folder / f"samples.r{r}.jsonl"
         rep_params = replace(params, seed=seed + r)
         stderr.print(f"  replication {r + 1}/{replications} (seed {rep_params.seed})")
-        done = run_sample(str(out / "questions.jsonl"), str(samples), model=spec.model, backend=backend,
-                          params=rep_params, batch_size=batch_size, urls=urls, api_key=api_key)
+        done = run_sample(str(out / "questions.jsonl"), str(samples), model=spec.model, params=rep_params,
+                          backend=backend_options(backend, urls=urls, api_key=api_key, batch_size=batch_size))
         stderr.print(f"  sampled {done}", markup=False, highlight=False)
         for i, (spec_a, stem) in enumerate(zip(annotators, stems)):
             annotated = folder / f"{stem}.r{r}.jsonl"

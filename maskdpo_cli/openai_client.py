@@ -46,7 +46,7 @@ DEFAULT_CONCURRENCY = 256
 class RequestRefused(MaskDPOError):
     """The server refused the request itself (a 4xx other than 429): retrying cannot help; exit 2."""
 
-    def __init__(self, url: str, status: int, detail: str, flag: str = "--judge-url") -> None:
+    def __init__(self, url: str, status: int, detail: str, flag: str) -> None:
         self.url, self.status, self.detail = url, status, detail
         super().__init__(f"{flag} {url}: HTTP {status} {detail}".strip())
 
@@ -73,8 +73,8 @@ class _Server:
     rest_until: float = 0.0  # time.monotonic() before which it takes nothing
 
 
-def base_url(url: str, flag: str = "--judge-url") -> str:
-    """Accept the base URL with or without a trailing slash or /chat/completions."""
+def base_url(url: str, flag: str) -> str:
+    """Accept the base URL with or without a trailing slash or /chat/completions; `flag` names it in errors."""
     url = url.strip().rstrip("/")
     for suffix in ("/chat/completions", "/completions"):
         if url.endswith(suffix):
@@ -85,11 +85,14 @@ def base_url(url: str, flag: str = "--judge-url") -> str:
 
 
 class OpenAIClient:
-    """POST {url}/chat/completions over several servers, concurrently, with retries (module docstring)."""
+    """POST {url}/chat/completions over several servers, concurrently, with retries (module docstring).
 
-    def __init__(self, urls: Sequence[str], *, api_key: str | None = None, max_retries: int = 5,
-                 backoff: float = 1.0, timeout: float = 120.0, concurrency: int = DEFAULT_CONCURRENCY,
-                 flag: str = "--judge-url") -> None:
+    `flag` is the caller's command-line flag that gave the URLs (--url, --judge-url): every error
+    names it, so a user knows which servers failed.
+    """
+
+    def __init__(self, urls: Sequence[str], *, flag: str, api_key: str | None = None, max_retries: int = 5,
+                 backoff: float = 1.0, timeout: float = 120.0, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         if isinstance(urls, str):
             urls = [urls]
         if not urls:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maskdpo_cli.backends import GenerationParams, make_backend
+from maskdpo_cli.backends import BackendOptions, GenerationParams, OpenAIOptions, make_backend
 from maskdpo_cli.backends.base import Backend, derive_seed
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import STDIO, RecordWriter, display_name, resumable_output
@@ -80,27 +80,22 @@ def sample_record(question: Record, texts: list[str], generation: dict[str, Any]
             "generation": generation}
 
 
-def run_sample(questions: str, output: str | None, *, model: str | None, backend: str, params: GenerationParams,
-               batch_size: int | None, urls: Sequence[str] = (), api_key: str | None = None) -> str:
+def run_sample(questions: str, output: str | None, *, model: str | None, backend: BackendOptions,
+               params: GenerationParams) -> str:
     """Sample `params.n` responses per question into `output` (stdout if None); a one-line summary.
 
+    `backend`: the backend and its settings (`backend_options` builds them from the flags).
     `model`: a local HF directory or alias (default smollm2-135m-instruct); with backend openai
-    the served model's name (default: the first one the server lists) and `urls` the servers.
+    the served model's name (default: the first one the server lists).
     """
     # Everything is read and validated before anything is generated: bad input fails fast.
     records = [rec for _, rec in iter_records(questions, "questions")]
-    served = backend == "openai"
-    if urls and not served:
-        raise MaskDPOError(f"--url is for served engines: pass --backend openai (not {backend})")
-    if batch_size and served:
-        raise MaskDPOError("--batch-size is for in-process backends; a served engine batches what it is sent")
+    served = isinstance(backend, OpenAIOptions)
     if not served:
         model = model or SMOLLM2_ALIAS
-    options: dict[str, Any] = ({"urls": urls, "api_key": api_key} if served
-                               else {"batch_size": batch_size} if batch_size else {})
 
     def load() -> Any:
-        engine = make_backend(backend, model, **options)
+        engine = make_backend(backend.name, model, backend)
         if served:
             try:  # one real request with every setting, before any record: a refused one is an error now
                 engine.probe(params)
@@ -115,7 +110,7 @@ def run_sample(questions: str, output: str | None, *, model: str | None, backend
     resuming = output not in (None, STDIO) and Path(output).exists()
     engine = None if resuming and not served else load()
     try:
-        generation = generation_settings(engine.model if served else model, backend, params)
+        generation = generation_settings(engine.model if served else model, backend.name, params)
         if served:
             generation.update(engine.describe())
         # What check_resumable reads, not the responses: resuming a large output stays small.

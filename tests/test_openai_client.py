@@ -20,7 +20,8 @@ def body(i: int = 0) -> dict:
 
 
 def client(*urls: str, **options) -> OpenAIClient:
-    return OpenAIClient(urls, **{"max_retries": 3, "backoff": 0.01, "timeout": 5.0, **options})
+    return OpenAIClient(urls, **{"flag": "--judge-url", "max_retries": 3, "backoff": 0.01, "timeout": 5.0,
+                                 **options})
 
 
 async def chat_all(c: OpenAIClient, n: int) -> list[dict]:
@@ -118,7 +119,28 @@ def test_the_served_model_is_asked_once():
 
 
 def test_urls_are_normalized_and_checked():
-    assert base_url("http://h:1/v1/") == base_url("http://h:1/v1/chat/completions") == "http://h:1/v1"
+    assert base_url("http://h:1/v1/", "--url") == base_url("http://h:1/v1/chat/completions", "--url") == "http://h:1/v1"
     with pytest.raises(MaskDPOError, match="--url h:1/v1: expected an http:// or https:// URL"):
         OpenAIClient(["h:1/v1"], flag="--url")
-    assert OpenAIClient(["http://h:1/v1", "http://h:1/v1/"]).urls == ["http://h:1/v1"]
+    assert OpenAIClient(["http://h:1/v1", "http://h:1/v1/"], flag="--url").urls == ["http://h:1/v1"]
+
+
+def test_every_error_names_the_callers_flag():
+    """The client serves the judge (--judge-url) and the sampler (--url): its errors name the caller's flag."""
+    with JudgeServer() as server:
+        server.fail_first, server.fail_status = 1000, 400
+        with pytest.raises(RequestRefused, match=rf"^--url {server.url}/chat/completions: HTTP 400"):
+            asyncio.run(chat_all(client(server.url, flag="--url"), 1))
+    with pytest.raises(MaskDPOError, match="^--judge-url: at least one URL is needed"):
+        OpenAIClient([], flag="--judge-url")
+    # The sampler's backend passes --url down: a dead server is named by the sampler's flag.
+    from maskdpo_cli.backends import GenerationParams, OpenAIOptions, make_backend
+
+    dead = free_port_url()
+    sampler = make_backend("openai", "m", OpenAIOptions(urls=(dead,), max_retries=0))
+    try:
+        with pytest.raises(EndpointError) as failed:
+            sampler.probe(GenerationParams(n=1))
+    finally:
+        sampler.close()
+    assert str(failed.value).startswith(f"--url {dead}/chat/completions: no usable answer after 1 attempts")

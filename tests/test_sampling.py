@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from helpers import kill_after_lines, run_cli
-from maskdpo_cli.backends import GenerationParams
+from maskdpo_cli.backends import GenerationParams, TransformersOptions
 from maskdpo_cli.backends.transformers_backend import TransformersBackend
+from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.models import load_causal_lm
 from maskdpo_cli.sampling import run_sample
 
@@ -30,7 +31,7 @@ def chat(question: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_path: Path) -> TransformersBackend:
-    return TransformersBackend(tiny_llama_path, device="cpu")
+    return TransformersBackend(tiny_llama_path, TransformersOptions(device="cpu"))
 
 
 def write_questions(path: Path, count: int) -> Path:
@@ -93,7 +94,7 @@ def test_stops_at_eos(tiny, tiny_llama_path, tmp_path):
     config = json.loads((model_dir / "generation_config.json").read_text())
     config["eos_token_id"] = [2, free_run[stop_at]]
     (model_dir / "generation_config.json").write_text(json.dumps(config))
-    stopping = TransformersBackend(model_dir, device="cpu")
+    stopping = TransformersBackend(model_dir, TransformersOptions(device="cpu"))
     [[tokens]] = stopping.generate_ids([stopping.encode(chat(QUESTIONS[0]))], GREEDY, [0])
     assert tokens == free_run[: stop_at + 1]  # up to and including the eos, nothing after
     [[text]] = stopping.generate([chat(QUESTIONS[0])], GREEDY, [0])
@@ -106,8 +107,8 @@ def test_stops_at_eos(tiny, tiny_llama_path, tmp_path):
 def test_records_follow_the_contract(tiny_llama_path, tmp_path):
     questions = write_questions(tmp_path / "q.jsonl", 3)
     out = tmp_path / "s.jsonl"
-    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers",
-                         params=SAMPLED, batch_size=None)
+    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend=TransformersOptions(),
+                         params=SAMPLED)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == ["q0", "q1", "q2"]
     for rec in records:
@@ -122,14 +123,14 @@ def test_records_follow_the_contract(tiny_llama_path, tmp_path):
     alone = tmp_path / "alone.jsonl"
     alone_q = tmp_path / "alone-q.jsonl"
     alone_q.write_text(questions.read_text().splitlines()[1] + "\n")
-    run_sample(str(alone_q), str(alone), model=str(tiny_llama_path), backend="transformers",
-               params=SAMPLED, batch_size=None)
+    run_sample(str(alone_q), str(alone), model=str(tiny_llama_path), backend=TransformersOptions(),
+               params=SAMPLED)
     assert json.loads(alone.read_text()) == records[1]
 
 
 def test_torn_last_line_is_dropped_and_resume_matches(tiny_llama_path, tmp_path):
     questions = write_questions(tmp_path / "q.jsonl", 5)
-    args = dict(model=str(tiny_llama_path), backend="transformers", params=SAMPLED, batch_size=6)
+    args = dict(model=str(tiny_llama_path), backend=TransformersOptions(batch_size=6), params=SAMPLED)
     full = tmp_path / "full.jsonl"
     run_sample(str(questions), str(full), **args)
     lines = full.read_bytes().splitlines(keepends=True)
@@ -153,8 +154,8 @@ def test_resume_after_kill_9(tiny_llama_path, tmp_path):
     assert Path(str(out) + ".lock").exists()  # left behind by the killed process, taken over below
     subprocess.run([*cli, "-o", str(out)], env=env, check=True, stderr=subprocess.DEVNULL)
     reference = tmp_path / "reference.jsonl"
-    run_sample(str(questions), str(reference), model=str(tiny_llama_path), backend="transformers",
-               params=GenerationParams(n=2, max_new_tokens=8, seed=3), batch_size=2)
+    run_sample(str(questions), str(reference), model=str(tiny_llama_path), backend=TransformersOptions(batch_size=2),
+               params=GenerationParams(n=2, max_new_tokens=8, seed=3))
     resumed = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in resumed] == [f"q{i}" for i in range(total)]  # each exactly once, in order
     assert out.read_text() == reference.read_text()
@@ -180,19 +181,18 @@ def test_a_finished_output_is_not_sampled_again_and_the_model_not_loaded(tiny_ll
     questions = write_questions(tmp_path / "q.jsonl", 3)
     out = tmp_path / "out.jsonl"
     params = GenerationParams(n=2, max_new_tokens=4, seed=1)
-    run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers", params=params,
-               batch_size=None)
+    run_sample(str(questions), str(out), model=str(tiny_llama_path), backend=TransformersOptions(), params=params)
     before = out.read_bytes()
     loads = []
     real = sampling.make_backend
     monkeypatch.setattr(sampling, "make_backend", lambda *a, **k: loads.append(a) or real(*a, **k))
-    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers",
-                         params=params, batch_size=None)
+    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend=TransformersOptions(),
+                         params=params)
     assert "nothing left to sample" in summary and loads == [] and out.read_bytes() == before
     # One more question: the model loads, and only the new question is sampled.
     questions.write_text(questions.read_text() + json.dumps({"id": "q9", "question": "Who is nine?"}) + "\n")
-    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend="transformers",
-                         params=params, batch_size=None)
+    summary = run_sample(str(questions), str(out), model=str(tiny_llama_path), backend=TransformersOptions(),
+                         params=params)
     assert len(loads) == 1 and "(3 resumed)" in summary
     assert out.read_bytes().startswith(before) and out.read_text().count("\n") == 4
 
@@ -215,10 +215,25 @@ def test_smollm2_end_to_end(tmp_path):
     questions.write_text('{"question": "What is the capital of France?"}\n{"question": "Who was Ada Lovelace?"}\n')
     out = tmp_path / "s.jsonl"
     params = GenerationParams(n=2, max_new_tokens=16, seed=1)
-    run_sample(str(questions), str(out), model="smollm2-135m-instruct", backend="transformers",
-               params=params, batch_size=None)
+    run_sample(str(questions), str(out), model="smollm2-135m-instruct", backend=TransformersOptions(),
+               params=params)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 and all(len(r["responses"]) == 2 for r in records)
     texts = [resp["text"] for r in records for resp in r["responses"]]
     assert all(t.strip() and "<|im_end|>" not in t and "<|im_start|>" not in t for t in texts)
     assert any("Paris" in resp["text"] for resp in records[0]["responses"])
+
+
+def test_each_backend_gets_its_own_settings_and_a_flag_for_another_is_refused():
+    from maskdpo_cli.backends import LMDeployOptions, OpenAIOptions, backend_options
+
+    assert backend_options("openai", urls=["http://h:1/v1"], api_key="k") == OpenAIOptions(urls=("http://h:1/v1",),
+                                                                                         api_key="k")
+    assert backend_options("lmdeploy", batch_size=8) == LMDeployOptions(batch_size=8)
+    # --api-key may come from the environment: an in-process backend ignores it.
+    assert backend_options("transformers", api_key="k") == TransformersOptions()
+    for backend, flags, needle in [("transformers", {"urls": ["http://h:1/v1"]}, "--url is for served engines"),
+                                   ("openai", {"batch_size": 4}, "--batch-size is for in-process backends"),
+                                   ("vllm", {}, "--backend vllm: expected one of transformers, lmdeploy, openai")]:
+        with pytest.raises(MaskDPOError, match=needle):
+            backend_options(backend, **flags)

@@ -129,7 +129,7 @@ class BackendJudge:
 def make_judge(config: JudgeConfig) -> Judge:
     """The judge named by --judge-backend; nothing is contacted or loaded yet."""
     if config.backend == "openai":
-        client = OpenAIClient(config.urls or (DEFAULT_URL,), api_key=config.api_key,
+        client = OpenAIClient(config.urls or (DEFAULT_URL,), flag="--judge-url", api_key=config.api_key,
                               max_retries=config.max_retries, backoff=config.backoff,
                               timeout=config.timeout, concurrency=config.concurrency)
         return OpenAIJudge(client, config.model)

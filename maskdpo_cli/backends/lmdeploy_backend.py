@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.backends.base import GenerationParams, Messages, Progress, derive_seed
+from maskdpo_cli.backends.options import LMDeployOptions
 from maskdpo_cli.backends.transformers_backend import stop_token_ids
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.models import chat_prompt_text, load_tokenizer
@@ -45,19 +46,16 @@ class LMDeployBackend:
 
     name = "lmdeploy"
 
-    def __init__(self, path: str | Path, batch_size: int | None = None, engine: str = "turbomind",
-                 tp: int = 1, session_len: int | None = None) -> None:
+    def __init__(self, path: str | Path, options: LMDeployOptions = LMDeployOptions()) -> None:
+        if options.engine not in ("turbomind", "pytorch"):
+            raise MaskDPOError(f"lmdeploy engine {options.engine!r}: expected turbomind or pytorch")
         lmdeploy = _import_lmdeploy()
         self.lmdeploy = lmdeploy
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
+        self.batch_size = options.batch_size or DEFAULT_BATCH_SIZE
         self.tokenizer = load_tokenizer(str(path))
-        engine_options = {"tp": tp, "max_batch_size": self.batch_size, "session_len": session_len}
-        if engine == "turbomind":
-            config = lmdeploy.TurbomindEngineConfig(**engine_options)
-        elif engine == "pytorch":
-            config = lmdeploy.PytorchEngineConfig(**engine_options)
-        else:
-            raise MaskDPOError(f"lmdeploy engine {engine!r}: expected turbomind or pytorch")
+        engine_config = (lmdeploy.TurbomindEngineConfig if options.engine == "turbomind"
+                         else lmdeploy.PytorchEngineConfig)
+        config = engine_config(tp=options.tp, max_batch_size=self.batch_size, session_len=options.session_len)
         self.pipe = lmdeploy.pipeline(str(path), backend_config=config)
         self.stop_ids = sorted(stop_token_ids(self.tokenizer, _generation_config(path)))
         self.generated_tokens = 0

@@ -32,9 +32,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from maskdpo_cli.backends.base import GenerationParams, Messages, Progress, derive_seed
+from maskdpo_cli.backends.options import OpenAIOptions
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.openai_client import (DEFAULT_CONCURRENCY, EndpointError, OpenAIClient, RequestRefused,
-                                       message_content)
+from maskdpo_cli.openai_client import EndpointError, OpenAIClient, RequestRefused, message_content
 
 FLAG = "--url"
 PROBE = [{"role": "user", "content": "Hi"}]
@@ -54,12 +54,11 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, urls: Sequence[str], model: str | None = None, api_key: str | None = None,
-                 max_retries: int = 5, concurrency: int = DEFAULT_CONCURRENCY) -> None:
-        if not urls:
+    def __init__(self, options: OpenAIOptions, model: str | None = None) -> None:
+        if not options.urls:
             raise MaskDPOError("--backend openai needs the server: pass --url URL (repeat it for several servers)")
-        self.client = OpenAIClient(urls, api_key=api_key, max_retries=max_retries, concurrency=concurrency,
-                                   flag=FLAG)
+        self.client = OpenAIClient(options.urls, flag=FLAG, api_key=options.api_key,
+                                   max_retries=options.max_retries, concurrency=options.concurrency)
         self.model = model
         # One loop for the backend's life (the client's connection pool belongs to it), in its own thread.
         self.loop = asyncio.new_event_loop()

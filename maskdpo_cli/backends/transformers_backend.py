@@ -28,6 +28,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from maskdpo_cli.backends.base import GenerationParams, Messages, Progress, derive_seed
+from maskdpo_cli.backends.options import TransformersOptions
 from maskdpo_cli.models import chat_prompt_text, load_causal_lm, load_tokenizer
 
 GQA_ATTENTION = "maskdpo_gqa_sdpa"
@@ -205,15 +206,15 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, path: str | Path, device: str | None = None, dtype: str = "auto",
-                 batch_size: int | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, path: str | Path, options: TransformersOptions = TransformersOptions()) -> None:
+        self.device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device == "cpu":
             _set_threads()
         self.tokenizer = load_tokenizer(str(path))
-        self.model = load_causal_lm(path, dtype=dtype, device=self.device)
+        self.model = load_causal_lm(path, dtype=options.dtype, device=self.device)
         _use_gqa_attention(self.model)
-        self.batch_size = batch_size or (CUDA_BATCH_SIZE if self.device.startswith("cuda") else CPU_BATCH_SIZE)
+        self.batch_size = options.batch_size or (CUDA_BATCH_SIZE if self.device.startswith("cuda")
+                                                 else CPU_BATCH_SIZE)
         self.eos_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
         self.generated_tokens = 0  # real generated tokens, eos included, over this backend's life
         self._last_logits_only = "num_logits_to_keep" in inspect.signature(self.model.forward).parameters
