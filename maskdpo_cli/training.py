@@ -11,6 +11,7 @@ in this process for one process, as N ranks under torchrun with this interpreter
 
 Work dir layout:
     W/pairs.jsonl         the validated pairs trained on
+    W/tokenized_pairs.pt  their tokens and loss masks (the check's, loaded by XTuner's dataset)
     W/config.py           the resolved XTuner config
     W/ref_logps.pt        reference log-probs, computed once before the first step
     W/train_log.jsonl     per step: loss, reward_acc, reward_margin, rewards, lr, pairs/s
@@ -38,6 +39,9 @@ from maskdpo_cli.errors import InputError, MaskDPOError
 from maskdpo_cli.jsonl import atomic_output, dumps, write_json_atomic
 from maskdpo_cli.progress import stderr
 from maskdpo_cli.train_config import TrainConfig
+
+PAIRS_FILE = "pairs.jsonl"  # the validated pairs trained on
+TOKENIZED_FILE = "tokenized_pairs.pt"  # their tokens and loss masks, as the check made them
 
 if TYPE_CHECKING:
     from maskdpo_cli.xtuner_ext.recipe import BatchLayout
@@ -210,6 +214,7 @@ def prepare_run(config: TrainConfig, processes: int) -> PreparedRun:
 
     if config.deepspeed is not None:
         check_deepspeed_runnable()  # before the slow part: importing XTuner
+    from maskdpo_cli.xtuner_ext.dataset import save_tokenized, tokenization
     from maskdpo_cli.xtuner_ext.recipe import apply_config, batch_layout, load_recipe, resolve_recipe
 
     recipe = resolve_recipe(config.recipe)
@@ -218,7 +223,8 @@ def prepare_run(config: TrainConfig, processes: int) -> PreparedRun:
     config = complete_config(config, cfg, recipe, processes)
     layout = batch_layout(cfg, config.batch_size, processes, len(records))
     work = Path(config.work_dir)
-    apply_config(cfg, config, layout, pairs_file=str(work / "pairs.jsonl"), cuda=bool(config.gpus and _cuda_devices()))
+    apply_config(cfg, config, layout, pairs_file=str(work / PAIRS_FILE), tokenized_file=str(work / TOKENIZED_FILE),
+                 cuda=bool(config.gpus and _cuda_devices()))
     deepspeed = None
     if config.deepspeed is not None:
         clip = cfg.optim_wrapper.get("clip_grad") or {}
@@ -231,13 +237,17 @@ def prepare_run(config: TrainConfig, processes: int) -> PreparedRun:
     empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
 
     # Only now, with every pair aligned, does anything get written.
-    run_record = config.run_record(pairs_sha256=_pairs_sha256(records), micro_batch=layout.micro_batch)
+    pairs_sha256 = _pairs_sha256(records)
+    run_record = config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch)
     resume_from = resume_point(work, run_record, config.resume)
     work.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         _clear_checkpoints(work)
     write_json_atomic(work / "run.json", run_record)
-    _write_pairs(work / "pairs.jsonl", records)
+    _write_pairs(work / PAIRS_FILE, records)
+    # XTuner's dataset loads this instead of tokenizing the pairs again.
+    save_tokenized(work / TOKENIZED_FILE, dataset,
+                   tokenization(pairs_sha256, config.model, config.max_length, config.use_mask))
     config_file = work / "config.py"
     cfg.dump(str(config_file))
 

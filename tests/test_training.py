@@ -108,6 +108,16 @@ def test_train_cli_exports_a_model_and_resume_reuses_the_reference_cache(tiny_mo
     cache = work / "ref_logps.pt"
     stamp = cache.stat().st_mtime_ns
     assert (work / "config.py").is_file() and list(work.glob("*/*.log"))  # XTuner's logs stay in W
+    # The check's tokens are what XTuner's dataset loads: built as W/config.py says, it needs no tokenizer.
+    from mmengine.config import Config
+
+    from maskdpo_cli.xtuner_ext.dataset import build_mask_dpo_dataset
+
+    dataset = Config.fromfile(str(work / "config.py")).train_dataloader.dataset
+    assert dataset.tokenized == str(work / "tokenized_pairs.pt")
+    unbuildable = {"type": "no.such.tokenizer_builder", "pretrained_model_name_or_path": str(tiny_model.resolve())}
+    assert len(build_mask_dpo_dataset(dataset.pairs, unbuildable, dataset.max_length, dataset.use_mask,
+                                      dataset.tokenized)) == 8
 
     from maskdpo_cli.models import chat_prompt_text, load_causal_lm, load_tokenizer, resolve_model
 
@@ -189,13 +199,14 @@ def test_flags_override_every_place_of_the_recipe(tiny_model):
     config = TrainConfig(pairs="-", work_dir="/w", model=str(tiny_model), use_mask=False, beta=0.3, epochs=6,
                          lr=2e-6, batch_size=32, max_length=256, gpus=1, nproc=1, seed=7)
     layout = batch_layout(cfg, config.batch_size, config.nproc, num_pairs=320)
-    apply_config(cfg, config, layout, pairs_file="/w/pairs.jsonl", cuda=False)
+    apply_config(cfg, config, layout, pairs_file="/w/pairs.jsonl", tokenized_file="/w/tokenized_pairs.pt", cuda=False)
     assert cfg.model.beta == 0.3 and cfg.optim_wrapper.optimizer.lr == 2e-6
     assert cfg.model.llm.pretrained_model_name_or_path == str(tiny_model)
     assert cfg.tokenizer.pretrained_model_name_or_path == str(tiny_model)
     dataset = cfg.train_dataloader.dataset
     assert dataset.tokenizer.pretrained_model_name_or_path == str(tiny_model)
     assert (dataset.pairs, dataset.use_mask, dataset.max_length) == ("/w/pairs.jsonl", False, 256)
+    assert dataset.tokenized == "/w/tokenized_pairs.pt"
     assert cfg.train_cfg.max_epochs == 6
     assert (cfg.train_dataloader.batch_size, cfg.optim_wrapper.accumulative_counts) == (4, 8)
     assert layout.iters_per_epoch == 80
@@ -240,6 +251,24 @@ def test_no_mask_is_the_same_pipeline_with_every_response_token(tiny_model, pair
         assert all(bm or not am for am, bm in zip(a[f"{side}_mask"], b[f"{side}_mask"]))
         assert sum(a[f"{side}_mask"]) < sum(b[f"{side}_mask"])
     assert a["key"] != b["key"]  # cached reference values are never shared across masks
+
+
+def test_xtuner_dataset_loads_the_tokens_of_the_check_when_they_match(tiny_model, pairs_file, tmp_path):
+    from maskdpo_cli.records import read_records
+    from maskdpo_cli.xtuner_ext.dataset import (build_mask_dpo_dataset, build_tokenizer, file_sha256,
+                                                save_tokenized, tokenization, tokenize_pairs)
+
+    tokenizer = build_tokenizer(str(tiny_model))
+    checked = tokenize_pairs(tokenizer, read_records(str(pairs_file), "pairs"), max_length=64, use_mask=True)
+    saved = tmp_path / "tokenized_pairs.pt"
+    save_tokenized(saved, checked, tokenization(file_sha256(str(pairs_file)), str(tiny_model), 64, True))
+    # As the recipe's config builds it: a tokenizer that cannot be built proves it is never needed.
+    unbuildable = {"type": "no.such.tokenizer_builder", "pretrained_model_name_or_path": str(tiny_model)}
+    loaded = build_mask_dpo_dataset(str(pairs_file), unbuildable, max_length=64, use_mask=True, tokenized=str(saved))
+    assert loaded.items == checked.items and loaded.num_truncated == checked.num_truncated > 0
+    # Other settings than the file's (a hand-edited W/config.py): tokenized afresh, never the stale tokens.
+    fresh = build_mask_dpo_dataset(str(pairs_file), tokenizer, max_length=None, use_mask=True, tokenized=str(saved))
+    assert fresh.num_truncated == 0 and fresh.keys != checked.keys
 
 
 # ----------------------------------------------------------------------------- GPU

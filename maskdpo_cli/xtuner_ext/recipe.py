@@ -20,7 +20,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 DEFAULT_RECIPE = "smollm2_135m_instruct_maskdpo"
 
 # value -> the config keys that hold it. Values: the fields of a complete TrainConfig, and
-# what a run decides from them (the pairs file in W, the batch split over the processes).
+# what a run decides from them (its files in W, the batch split over the processes).
 RECIPE_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("model.llm.pretrained_model_name_or_path",
               "train_dataloader.dataset.tokenizer.pretrained_model_name_or_path"),
@@ -32,6 +32,7 @@ RECIPE_KEYS: dict[str, tuple[str, ...]] = {
     "seed": ("randomness.seed",),
     "work_dir": ("work_dir",),
     "pairs_file": ("train_dataloader.dataset.pairs",),
+    "tokenized_file": ("train_dataloader.dataset.tokenized",),
     "micro_batch": ("train_dataloader.batch_size",),
     "accumulative_counts": ("optim_wrapper.accumulative_counts",),
 }
@@ -191,11 +192,12 @@ def _fit_schedulers(cfg: Any, epoch_scale: float, iters_per_epoch: int) -> None:
 
 # --------------------------------------------------------------------------- the mapping
 
-def apply_config(cfg: Any, config: TrainConfig, layout: BatchLayout, *, pairs_file: str, cuda: bool) -> None:
+def apply_config(cfg: Any, config: TrainConfig, layout: BatchLayout, *, pairs_file: str, tokenized_file: str,
+                 cuda: bool) -> None:
     """Write a complete config into the recipe at the keys of RECIPE_KEYS (and of
     RECIPE_KEYS_IF_PRESENT where the recipe has them), and fit its schedules to the run."""
-    values = {**asdict(config), "pairs_file": pairs_file, "micro_batch": layout.micro_batch,
-              "accumulative_counts": layout.accumulative_counts}
+    values = {**asdict(config), "pairs_file": pairs_file, "tokenized_file": tokenized_file,
+              "micro_batch": layout.micro_batch, "accumulative_counts": layout.accumulative_counts}
     recipe_epochs = recipe_value(cfg, "epochs")
     for name, keys in RECIPE_KEYS.items():
         for key in keys:
