@@ -3,11 +3,14 @@
 The order of work is the safety argument: every pair is validated and tokenized with its
 loss mask *before* anything is trained, so a pair that cannot be aligned stops the run
 (exit 2, naming the pair) instead of training on a wrong mask. Then the recipe, a plain
-XTuner config, gets the command line's values, is written to W/config.py (what ran, and
-what `xtuner train W/config.py` would run again) and goes to XTuner's own train entry:
-in this process for one process, as N ranks under torchrun with this interpreter for
-`--nproc N` CPU processes or N GPUs, or as one rank of a run that torchrun or srun started
-(`maskdpo_cli.distributed`: only rank 0 validates and writes W; the others wait for it).
+XTuner config, gets the run's settings (`xtuner_ext.recipe`), is written to W/config.py
+(what ran, and what `xtuner train W/config.py` would run again) and goes to XTuner's own
+train entry (`xtuner_ext.launch`):
+- in this process, for one process;
+- as N ranks under torchrun with this interpreter, for `--nproc N` CPU processes, N GPUs
+  or DeepSpeed (`torchrun_launch`);
+- as one rank of a run that torchrun or srun started (`process_group`): rank 0 prepares
+  the run and writes W; the others wait for it.
 
 Work dir layout:
     W/pairs.jsonl         the validated pairs trained on
@@ -29,70 +32,153 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from maskdpo_cli.errors import InputError, MaskDPOError
+from maskdpo_cli.errors import InputError
 from maskdpo_cli.jsonl import atomic_output, dumps, write_json_atomic
+from maskdpo_cli.process_group import (Launch, cuda_devices, detect_launch, die_with_parent, process_count,
+                                       process_group, rank0_decides)
 from maskdpo_cli.progress import stderr
 from maskdpo_cli.train_config import TrainConfig
+from maskdpo_cli.train_resume import clear_checkpoints, resume_point
+
+if TYPE_CHECKING:
+    from maskdpo_cli.xtuner_ext.dataset import MaskDPODataset
+    from maskdpo_cli.xtuner_ext.recipe import BatchLayout
 
 PAIRS_FILE = "pairs.jsonl"  # the validated pairs trained on
 TOKENIZED_FILE = "tokenized_pairs.pt"  # their tokens and loss masks, as the check made them
-
-if TYPE_CHECKING:
-    from maskdpo_cli.xtuner_ext.recipe import BatchLayout
-
-# --------------------------------------------------------------------------- checks
-
-def _cuda_devices() -> int:
-    from maskdpo_cli.distributed import cuda_devices
-
-    return cuda_devices()
+CONSOLE_LOG = "xtuner_stdout.log"  # mmengine's console output
 
 
-def _last_checkpoint(work: Path) -> str | None:
-    """The checkpoint mmengine finished last. The marker is written after the checkpoint is
-    complete, so a file a kill tore mid-save is never named by it."""
-    marker = work / "last_checkpoint"
-    if not marker.is_file():
-        return None
-    path = marker.read_text().strip()
-    return path if path and Path(path).exists() else None
+@dataclass(frozen=True)
+class PreparedRun:
+    """What every rank needs to train, decided once (by rank 0 under a launcher)."""
+
+    config: TrainConfig  # complete: the recipe's values where the command line gave none
+    layout: BatchLayout
+    pairs: int
+    config_file: Path  # W/config.py
+    deepspeed: str | None  # what XTuner's --deepspeed takes (a bundled config's name or a JSON file)
+    resume_from: str | None  # the checkpoint to continue from
+
+    @property
+    def work(self) -> Path:
+        return Path(self.config.work_dir)
 
 
-def resume_point(work: Path, settings: dict[str, Any], resume: bool | None) -> str | None:
-    """The checkpoint to continue from: by default the last one of the same run in W.
+def run_train(config: TrainConfig) -> str:
+    """Train Mask-DPO (or DPO with use_mask=False) on a pairs file; returns a one-line summary
+    (empty on the ranks other than 0 of a run that torchrun or srun started)."""
+    if config.gpus == 0:
+        # Before anything asks torch about CUDA: the answer is cached for the process.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    launch = detect_launch()
 
-    resume=None (the default) continues a run with the same settings and refuses one with
-    other settings (its optimizer state would silently carry them); False starts over;
-    True insists on continuing, as mmengine's --resume does.
-    """
-    checkpoint = _last_checkpoint(work)
-    if resume is False or checkpoint is None:
-        if resume:
-            stderr.print(f"note: no checkpoint in {work}; training from the start", highlight=False)
-        return None
-    saved_path = work / "run.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
-    if saved is not None and saved != settings:
-        changed = ", ".join(f"{key} {saved.get(key)} -> {settings.get(key)}"
-                            for key in settings if saved.get(key) != settings[key])
-        raise MaskDPOError(f"{work} holds a checkpoint of a run with other settings ({changed}); "
-                           "pass --no-resume to start over there, or choose another --work-dir")
-    if saved is None and not resume:
-        raise MaskDPOError(f"{work} holds a checkpoint of an unknown run; pass --resume to continue it "
-                           "or --no-resume to start over")
-    stderr.print(f"resuming from {checkpoint} (--no-resume starts over)", highlight=False)
-    return checkpoint
+    if launch is None:  # started by hand: one process, or our own torchrun
+        run = prepare_run(config, launch)
+        start = time.perf_counter()
+        if run.config.nproc > 1 or run.deepspeed is not None:  # DeepSpeed always goes through a launcher
+            _train_as_ranks(run)
+        else:
+            _train_here(run, launcher="none")
+        return summary(run, time.perf_counter() - start)
+
+    if launch.launcher == "torchrun":
+        die_with_parent()  # a rank must not outlive a killed torchrun agent and race the rerun
+    with process_group(launch):
+        run = rank0_decides(launch, lambda: prepare_run(config, launch))
+        start = time.perf_counter()
+        _train_here(run, launcher="pytorch")
+    return summary(run, time.perf_counter() - start) if launch.is_main else ""
 
 
-# --------------------------------------------------------------------------- run
+# --------------------------------------------------------------------------- prepare
 
-def _tokenize_all(config: TrainConfig, records: list[tuple[int, dict]]) -> Any:
+def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
+    """Validate and tokenize every pair, complete the config from the recipe, and write W: all before training."""
+    from maskdpo_cli.deepspeed_setup import check_deepspeed_runnable, resolve_deepspeed_config
+    from maskdpo_cli.records import iter_records
+
+    processes = process_count(config.gpus, config.nproc, launch)
+    if config.deepspeed is not None:
+        check_deepspeed_runnable()  # before the slow part: importing XTuner
+    from maskdpo_cli.xtuner_ext.dataset import save_tokenized, tokenization
+    from maskdpo_cli.xtuner_ext.recipe import apply_config, batch_layout, load_recipe, resolve_recipe
+
+    recipe = resolve_recipe(config.recipe)
+    records = list(iter_records(config.pairs, "pairs"))  # an empty file is an InputError
+    cfg = load_recipe(recipe)
+    config = complete_config(config, cfg, recipe, processes)
+    layout = batch_layout(cfg, config.batch_size, processes, len(records))
+    work = Path(config.work_dir)
+    apply_config(cfg, config, layout, pairs_file=str(work / PAIRS_FILE), tokenized_file=str(work / TOKENIZED_FILE),
+                 cuda=bool(config.gpus and cuda_devices()))
+    deepspeed = None
+    if config.deepspeed is not None:
+        clip = cfg.optim_wrapper.get("clip_grad") or {}
+        deepspeed, _ = resolve_deepspeed_config(config.deepspeed, micro_batch=layout.micro_batch,
+                                                accumulative_counts=layout.accumulative_counts,
+                                                max_norm=clip.get("max_norm"))
+        check_deepspeed_runnable()  # the recipe's default DeepSpeed
+
+    dataset = tokenize_all(config, records)
+    empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
+
+    # Only now, with every pair aligned, does anything get written.
+    pairs_sha256 = _pairs_sha256(records)
+    run_record = config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch)
+    resume_from = resume_point(work, run_record, config.resume)
+    work.mkdir(parents=True, exist_ok=True)
+    if resume_from is None:
+        clear_checkpoints(work)
+    write_json_atomic(work / "run.json", run_record)
+    with atomic_output(work / PAIRS_FILE) as writer:
+        writer.write_all(record for _, record in records)
+    # XTuner's dataset loads this instead of tokenizing the pairs again.
+    save_tokenized(work / TOKENIZED_FILE, dataset,
+                   tokenization(pairs_sha256, config.model, config.max_length, config.use_mask))
+    config_file = work / "config.py"
+    cfg.dump(str(config_file))
+
+    run = PreparedRun(config=config, layout=layout, pairs=len(records), config_file=config_file,
+                      deepspeed=deepspeed, resume_from=resume_from)
+    stderr.print(describe(run), highlight=False, soft_wrap=True)
+    stderr.print(f"{dataset.num_truncated} of {run.pairs} pairs truncated at max_length {config.max_length}",
+                 highlight=False)
+    if empty:
+        stderr.print(f"[yellow]warning:[/] {empty} pairs have a side with no token in the loss "
+                     "(that side's log-ratio is 0)")
+    stderr.print(f"work dir {work} (XTuner logs, checkpoints, train_log.jsonl, hf/)", highlight=False)
+    return run
+
+
+def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int) -> TrainConfig:
+    """The config with the recipe's value for every field the command line left out, the model
+    as an absolute directory, the recipe as its file, and `nproc` the number of processes."""
+    from maskdpo_cli.models import resolve_model
+    from maskdpo_cli.xtuner_ext.recipe import default_batch_size, recipe_value
+
+    deepspeed = config.deepspeed
+    if deepspeed is None and cfg.get("deepspeed"):
+        if config.gpus and cuda_devices() and processes > 1:
+            deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
+        else:
+            stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
+                         "(pass --deepspeed to force it)")
+    model = resolve_model(config.model or recipe_value(cfg, "model")).resolve()
+    return replace(
+        config, model=str(model), recipe=str(recipe), work_dir=str(Path(config.work_dir).resolve()),
+        beta=float(config.beta or recipe_value(cfg, "beta")), lr=float(config.lr or recipe_value(cfg, "lr")),
+        epochs=config.epochs or int(recipe_value(cfg, "epochs")),
+        batch_size=config.batch_size or default_batch_size(cfg, processes),
+        max_length=config.max_length or recipe_value(cfg, "max_length"), nproc=processes, deepspeed=deepspeed)
+
+
+def tokenize_all(config: TrainConfig, records: list[tuple[int, dict]]) -> MaskDPODataset:
     """Every pair through the masking rules before any training; errors name file, line and pair."""
     from maskdpo_cli import masking
     from maskdpo_cli.jsonl import display_name
@@ -112,164 +198,19 @@ def _tokenize_all(config: TrainConfig, records: list[tuple[int, dict]]) -> Any:
 
 
 def _pairs_sha256(records: list[tuple[int, dict]]) -> str:
-    """The digest of W/pairs.jsonl as `_write_pairs` writes it."""
+    """The digest of W/pairs.jsonl, whose lines are these records."""
     digest = hashlib.sha256()
     for _, record in records:
         digest.update(dumps(record).encode("utf-8") + b"\n")
     return digest.hexdigest()
 
 
-def _clear_checkpoints(work: Path) -> None:
-    """A fresh start must not leave an older run's checkpoints for a later resume to pick up."""
-    for path in [work / "last_checkpoint", *work.glob("iter_*.pth"), *work.glob("epoch_*.pth")]:
-        if path.is_dir():
-            shutil.rmtree(path)  # DeepSpeed checkpoints are folders
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _write_pairs(path: Path, records: list[tuple[int, dict]]) -> None:
-    with atomic_output(path) as writer:
-        writer.write_all(rec for _, rec in records)
-
-
-@contextlib.contextmanager
-def _console_to(path: Path) -> Iterator[None]:
-    """mmengine's console logging writes to stdout, which carries records in maskdpo: keep it in W."""
-    with path.open("a") as fh, contextlib.redirect_stdout(fh):
-        yield
-
-
-@dataclass(frozen=True)
-class PreparedRun:
-    """What every rank needs to train, decided once (by rank 0 under a launcher)."""
-
-    config: TrainConfig  # complete: the recipe's values where the command line gave none
-    layout: BatchLayout
-    pairs: int
-    config_file: Path  # W/config.py
-    deepspeed: str | None  # what XTuner's --deepspeed takes (a bundled config's name or a JSON file)
-    resume_from: str | None
-
-    @property
-    def work(self) -> Path:
-        return Path(self.config.work_dir)
-
-
-def run_train(config: TrainConfig) -> str:
-    """Train Mask-DPO (or DPO with use_mask=False) on a pairs file; returns a one-line summary
-    (empty on the ranks other than 0 of a run that torchrun or srun started)."""
-    from maskdpo_cli.distributed import (detect_launch, die_with_parent, join_process_group, leave_process_group,
-                                         process_count, rank0_decides)
-
-    if config.gpus == 0:
-        # Before anything asks torch about CUDA: the answer is cached for the process.
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    launch = detect_launch()
-    processes = process_count(config.gpus, config.nproc, launch)
-
-    if launch is None:
-        run = prepare_run(config, processes)
-        start = time.perf_counter()
-        _train(run, joined=False)
-        return _summary(run, time.perf_counter() - start)
-    if launch.launcher == "torchrun":
-        die_with_parent()  # a rank must not outlive a killed torchrun agent and race the rerun
-    join_process_group(launch)
-    try:
-        run = rank0_decides(launch, lambda: prepare_run(config, processes))
-        start = time.perf_counter()
-        _train(run, joined=True)
-    finally:
-        leave_process_group()
-    return _summary(run, time.perf_counter() - start) if launch.is_main else ""
-
-
-def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int) -> TrainConfig:
-    """The config with the recipe's value for every field the command line left out, the
-    model and recipe as absolute paths, and `nproc` the number of processes."""
-    from maskdpo_cli.models import resolve_model
-    from maskdpo_cli.xtuner_ext.recipe import default_batch_size, recipe_value
-
-    deepspeed = config.deepspeed
-    if deepspeed is None and cfg.get("deepspeed"):
-        if _cuda_devices() and config.gpus and processes > 1:
-            deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
-        else:
-            stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
-                         "(pass --deepspeed to force it)")
-    model = resolve_model(config.model or recipe_value(cfg, "model")).resolve()
-    return replace(
-        config, model=str(model), recipe=str(recipe), work_dir=str(Path(config.work_dir).resolve()),
-        beta=float(config.beta or recipe_value(cfg, "beta")), lr=float(config.lr or recipe_value(cfg, "lr")),
-        epochs=config.epochs or int(recipe_value(cfg, "epochs")),
-        batch_size=config.batch_size or default_batch_size(cfg, processes),
-        max_length=config.max_length or recipe_value(cfg, "max_length"), nproc=processes, deepspeed=deepspeed)
-
-
-def prepare_run(config: TrainConfig, processes: int) -> PreparedRun:
-    """Validate and tokenize every pair, complete the config from the recipe, and write W: all before training."""
-    from maskdpo_cli.distributed import check_deepspeed_runnable, resolve_deepspeed_config
-    from maskdpo_cli.records import iter_records
-
-    if config.deepspeed is not None:
-        check_deepspeed_runnable()  # before the slow part: importing XTuner
-    from maskdpo_cli.xtuner_ext.dataset import save_tokenized, tokenization
-    from maskdpo_cli.xtuner_ext.recipe import apply_config, batch_layout, load_recipe, resolve_recipe
-
-    recipe = resolve_recipe(config.recipe)
-    records = list(iter_records(config.pairs, "pairs"))  # an empty file is an InputError
-    cfg = load_recipe(recipe)
-    config = complete_config(config, cfg, recipe, processes)
-    layout = batch_layout(cfg, config.batch_size, processes, len(records))
-    work = Path(config.work_dir)
-    apply_config(cfg, config, layout, pairs_file=str(work / PAIRS_FILE), tokenized_file=str(work / TOKENIZED_FILE),
-                 cuda=bool(config.gpus and _cuda_devices()))
-    deepspeed = None
-    if config.deepspeed is not None:
-        clip = cfg.optim_wrapper.get("clip_grad") or {}
-        deepspeed, _ = resolve_deepspeed_config(config.deepspeed, micro_batch=layout.micro_batch,
-                                                accumulative_counts=layout.accumulative_counts,
-                                                max_norm=clip.get("max_norm"))
-        check_deepspeed_runnable()  # the recipe's default DeepSpeed
-
-    dataset = _tokenize_all(config, records)
-    empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
-
-    # Only now, with every pair aligned, does anything get written.
-    pairs_sha256 = _pairs_sha256(records)
-    run_record = config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch)
-    resume_from = resume_point(work, run_record, config.resume)
-    work.mkdir(parents=True, exist_ok=True)
-    if resume_from is None:
-        _clear_checkpoints(work)
-    write_json_atomic(work / "run.json", run_record)
-    _write_pairs(work / PAIRS_FILE, records)
-    # XTuner's dataset loads this instead of tokenizing the pairs again.
-    save_tokenized(work / TOKENIZED_FILE, dataset,
-                   tokenization(pairs_sha256, config.model, config.max_length, config.use_mask))
-    config_file = work / "config.py"
-    cfg.dump(str(config_file))
-
-    run = PreparedRun(config=config, layout=layout, pairs=len(records), config_file=config_file,
-                      deepspeed=deepspeed, resume_from=resume_from)
-    stderr.print(describe(run), highlight=False, soft_wrap=True)
-    stderr.print(f"{dataset.num_truncated} of {run.pairs} pairs truncated at max_length {config.max_length}",
-                 highlight=False)
-    if empty:
-        stderr.print(f"[yellow]warning:[/] {empty} pairs have a side with no token in the loss "
-                     "(that side's log-ratio is 0)")
-    stderr.print(f"work dir {work} (XTuner logs, checkpoints, train_log.jsonl, hf/)", highlight=False)
-    return run
-
-
 def describe(run: PreparedRun) -> str:
     """What will run, printed before training starts."""
-    config, layout = run.config, run.layout
-    processes = config.nproc
-    gpus = bool(config.gpus and _cuda_devices())
-    device = f"{processes} GPU(s)" if gpus else "CPU, fp32"
-    if processes > 1 and not gpus:
+    config, layout, processes = run.config, run.layout, run.config.nproc
+    on_gpus = bool(config.gpus and cuda_devices())
+    device = f"{processes} GPU(s)" if on_gpus else "CPU, fp32"
+    if processes > 1 and not on_gpus:
         device += f", {processes} processes (gloo)"
     ds = f", DeepSpeed {run.deepspeed}" if run.deepspeed else ""
     kind = "Mask-DPO" if config.use_mask else "DPO (--no-mask)"
@@ -279,27 +220,42 @@ def describe(run: PreparedRun) -> str:
             f"max_length {config.max_length}, seed {config.seed}, {device}{ds}")
 
 
-def _train(run: PreparedRun, *, joined: bool) -> None:
-    """XTuner's train entry: in this process, as one rank of a group this process has
-    joined, or as N ranks under torchrun (this interpreter) that join theirs the same way.
-    DeepSpeed always goes through a launcher, even on one GPU."""
-    from maskdpo_cli.distributed import run_torchrun, torchrun_command
+# --------------------------------------------------------------------------- train
+
+def _xtuner_args(run: PreparedRun, launcher: str) -> list[str]:
+    from maskdpo_cli.xtuner_ext.launch import xtuner_train_args
+
+    return xtuner_train_args(str(run.config_file), str(run.work), deepspeed=run.deepspeed,
+                             resume_from=run.resume_from, launcher=launcher)
+
+
+def _train_here(run: PreparedRun, launcher: str) -> None:
+    """XTuner's train entry in this process: alone (launcher 'none') or as a rank of the group it joined."""
     from maskdpo_cli.xtuner_ext.compat import trusted_checkpoint_loading
-    from maskdpo_cli.xtuner_ext.launch import run_xtuner_train, xtuner_train_args
+    from maskdpo_cli.xtuner_ext.launch import run_xtuner_train
 
-    launch_own = not joined and (run.config.nproc > 1 or run.deepspeed is not None)
-    args = xtuner_train_args(str(run.config_file), str(run.work), deepspeed=run.deepspeed,
-                             resume_from=run.resume_from, launcher="pytorch" if joined or launch_own else "none")
-    log = run.work / "xtuner_stdout.log"
-    with trusted_checkpoint_loading(run.resume_from is not None):
-        if launch_own:
-            run_torchrun(torchrun_command(run.config.nproc, "maskdpo_cli.distributed", args), log)
-        else:
-            with _console_to(log):
-                run_xtuner_train(args)
+    with trusted_checkpoint_loading(run.resume_from is not None), _console_to(run.work / CONSOLE_LOG):
+        run_xtuner_train(_xtuner_args(run, launcher))
 
 
-def _summary(run: PreparedRun, seconds: float) -> str:
+def _train_as_ranks(run: PreparedRun) -> None:
+    """XTuner's train entry in `nproc` ranks that torchrun starts; each joins the group itself."""
+    from maskdpo_cli.torchrun_launch import run_ranks
+    from maskdpo_cli.xtuner_ext.compat import trusted_checkpoint_loading
+
+    with trusted_checkpoint_loading(run.resume_from is not None):  # the ranks inherit it
+        run_ranks(run.config.nproc, _xtuner_args(run, "pytorch"), run.work / CONSOLE_LOG)
+
+
+@contextlib.contextmanager
+def _console_to(path: Path) -> Iterator[None]:
+    """mmengine's console logging writes to stdout, which carries records in maskdpo: keep it in W."""
+    with path.open("a") as fh, contextlib.redirect_stdout(fh):
+        yield
+
+
+def summary(run: PreparedRun, seconds: float) -> str:
+    """One line: pairs, epochs and time, throughput, the final loss, where the model is."""
     info: dict[str, Any] = {}
     path = run.work / "train_summary.json"
     if path.is_file():
