@@ -52,11 +52,11 @@ JUDGE_PROMPTS = typer.Option(None, "--prompts", help="Judge prompts: a JSON file
 JUDGE_MAX_RETRIES = typer.Option(5, "--max-retries", min=0, help="Retries per judge call.")
 JUDGE_CONCURRENCY = typer.Option(256, "--concurrency", min=1, help="Judge requests in flight per --judge-url "
                                   "(a served GPU judge batches them); batch size of an in-process judge.")
-# `masks` shows the loss mask that `train` trains on: the same switch in both.
-NO_MASK = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss.")
-
 SEGMENTER = typer.Option("default", "--segmenter", help="default (blingfire plus rules) or anah-v2 "
                          "(where the ANAH-v2 evaluation script splits).")
+
+# `masks` shows the loss mask that `train` trains on: the same switch in both.
+NO_MASK = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss.")
 
 
 @app.command(epilog="Example: maskdpo sample questions.jsonl --model smollm2-135m-instruct -n 8 -o samples.jsonl")
