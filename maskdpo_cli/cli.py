@@ -58,6 +58,9 @@ JUDGE_CONCURRENCY = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", min=1,
 SEGMENTER = typer.Option("default", "--segmenter", help="default (blingfire plus rules) or anah-v2 "
                          "(where the ANAH-v2 evaluation script splits).")
 
+# `masks` shows the loss mask that `train` trains on: the same switch in both.
+NO_MASK = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss.")
+
 
 @app.command(epilog="Example: maskdpo sample questions.jsonl --model smollm2-135m-instruct -n 8 -o samples.jsonl")
 def sample(
@@ -136,7 +139,7 @@ def masks(
     pairs: str = typer.Argument(..., help="Pairs JSONL ('-' for stdin)."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help="HF directory or embedded alias."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per pair with every response token."),
-    no_mask: bool = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss."),
+    no_mask: bool = NO_MASK,
     max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Truncate as training does."),
 ) -> None:
     """Show which response tokens enter the DPO loss: green in, red struck out masked."""
@@ -153,7 +156,7 @@ def train(
                                         help="HF directory or embedded alias (default: the recipe's)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="XTuner config file or a name in recipes/ "
                                          "(default: smollm2_135m_instruct_maskdpo)."),
-    no_mask: bool = typer.Option(False, "--no-mask", help="Vanilla DPO: every response token in the loss."),
+    no_mask: bool = NO_MASK,
     beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (paper: 0.1)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (paper: 3)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
@@ -169,11 +172,13 @@ def train(
     seed: int = typer.Option(0, help="Seed for data order and initialization."),
 ) -> None:
     """Train Mask-DPO (or DPO with --no-mask) through XTuner; the model lands in WORK_DIR/hf."""
+    from maskdpo_cli.train_config import TrainConfig
     from maskdpo_cli.training import run_train
 
-    summary = run_train(pairs, model=model, work_dir=work_dir, recipe=recipe, use_mask=not no_mask, beta=beta,
-                        epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
-                        nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+    config = TrainConfig(pairs=pairs, work_dir=work_dir, model=model, recipe=recipe, use_mask=not no_mask, beta=beta,
+                         epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
+                         nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+    summary = run_train(config)
     if summary:  # empty on the other ranks of a run torchrun or srun started
         stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)
 

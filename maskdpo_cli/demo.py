@@ -54,6 +54,7 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
     from maskdpo_cli.jsonl import write_text_atomic
     from maskdpo_cli.reporting import run_report
     from maskdpo_cli.sampling import run_sample
+    from maskdpo_cli.train_config import TrainConfig
     from maskdpo_cli.training import run_train
     from maskdpo_cli.world import make_world, pretrain
 
@@ -86,11 +87,10 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
         work = out / "runs" / name
         if (work / "hf" / "config.json").is_file():
             continue
-        stderr.print(run_train(str(out / "pairs.jsonl"), model=str(policy), work_dir=str(work),
-                               recipe="tiny_cpu_maskdpo", use_mask=use_mask, beta=settings.beta,
-                               epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size,
-                               gpus=0, seed=settings.seed),
-                     highlight=False)
+        config = TrainConfig(pairs=str(out / "pairs.jsonl"), work_dir=str(work), model=str(policy),
+                             recipe="tiny_cpu_maskdpo", use_mask=use_mask, beta=settings.beta, epochs=settings.epochs,
+                             lr=settings.lr, batch_size=settings.batch_size, gpus=0, seed=settings.seed)
+        stderr.print(run_train(config), highlight=False)
 
     _stage("7/7 eval on held-out topics")
     eval_params = GenerationParams(n=1, temperature=settings.eval_temperature, top_k=40,

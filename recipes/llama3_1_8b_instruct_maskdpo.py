@@ -29,6 +29,8 @@ from maskdpo_cli.xtuner_ext import (HFExportHook, MaskDPO, ReferenceLogpHook, Tr
                                     mask_dpo_collate_fn)
 
 # ----------------------------------------------------------------------------- settings
+# `maskdpo train` writes a run's values at the keys listed in maskdpo_cli/xtuner_ext/recipe.py
+# (RECIPE_KEYS) and nowhere else; a flag left out takes the value the recipe has there.
 pretrained_model_name_or_path = "meta-llama/Llama-3.1-8B-Instruct"  # a hub id, a HF directory or an alias
 pairs_file = "pairs.jsonl"  # set by `maskdpo train`
 use_mask = True  # False: vanilla DPO through the same code (`--no-mask`)

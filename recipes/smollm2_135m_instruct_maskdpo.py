@@ -22,6 +22,8 @@ from maskdpo_cli.xtuner_ext import (HFExportHook, MaskDPO, ReferenceLogpHook, Tr
                                     mask_dpo_collate_fn)
 
 # ----------------------------------------------------------------------------- settings
+# `maskdpo train` writes a run's values at the keys listed in maskdpo_cli/xtuner_ext/recipe.py
+# (RECIPE_KEYS) and nowhere else; a flag left out takes the value the recipe has there.
 pretrained_model_name_or_path = "smollm2-135m-instruct"  # a HF directory or the embedded alias
 pairs_file = "pairs.jsonl"  # set by `maskdpo train`
 use_mask = True  # False: vanilla DPO through the same code (`--no-mask`)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdpo_cli.distributed import (Launch, check_deepspeed_runnable, detect_launch, first_slurm_host,
-                                     process_count, resolve_deepspeed_config)
+from maskdpo_cli.deepspeed_setup import check_deepspeed_runnable, resolve_deepspeed_config
+from maskdpo_cli.process_group import Launch, detect_launch, first_slurm_host, process_count
 from maskdpo_cli.errors import MaskDPOError
 
 from helpers import alma_pairs

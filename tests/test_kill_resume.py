@@ -221,7 +221,7 @@ def _rank_pids(pid: int) -> dict[int, int]:
                            if b"=" in item)
         except OSError:
             continue
-        if b"maskdpo_cli.distributed" in cmdline and b"LOCAL_RANK" in environ:
+        if b"maskdpo_cli.torchrun_launch" in cmdline and b"LOCAL_RANK" in environ:
             ranks[int(environ[b"LOCAL_RANK"])] = child
     return ranks
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny_cpu_maskdpo.py"
@@ -97,10 +98,26 @@ def test_train_cli_exports_a_model_and_resume_reuses_the_reference_cache(tiny_mo
     log = [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
     assert log[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at step 1
+    run_record = json.loads((work / "run.json").read_text())  # what resume compares: the same keys as ever
+    assert run_record == {**run_record, "model": str(tiny_model.resolve()), "recipe": str(TINY_RECIPE),
+                          "use_mask": True, "beta": 0.1, "lr": 1e-4, "global_batch": 4, "micro_batch": 4,
+                          "max_length": 512, "gpus": 1, "processes": 1, "seed": 0}
+    assert sorted(run_record) == ["beta", "global_batch", "gpus", "lr", "max_length", "micro_batch", "model",
+                                  "pairs_sha256", "processes", "recipe", "seed", "use_mask"]
     assert {"reward_acc", "reward_margin", "lr", "pairs_per_s"} <= set(log[0])
     cache = work / "ref_logps.pt"
     stamp = cache.stat().st_mtime_ns
     assert (work / "config.py").is_file() and list(work.glob("*/*.log"))  # XTuner's logs stay in W
+    # The check's tokens are what XTuner's dataset loads: built as W/config.py says, it needs no tokenizer.
+    from mmengine.config import Config
+
+    from maskdpo_cli.xtuner_ext.dataset import build_mask_dpo_dataset
+
+    dataset = Config.fromfile(str(work / "config.py")).train_dataloader.dataset
+    assert dataset.tokenized == str(work / "tokenized_pairs.pt")
+    unbuildable = {"type": "no.such.tokenizer_builder", "pretrained_model_name_or_path": str(tiny_model.resolve())}
+    assert len(build_mask_dpo_dataset(dataset.pairs, unbuildable, dataset.max_length, dataset.use_mask,
+                                      dataset.tokenized)) == 8
 
     from maskdpo_cli.models import chat_prompt_text, load_causal_lm, load_tokenizer, resolve_model
 
@@ -146,7 +163,8 @@ def test_empty_pairs_file_is_exit_2(tiny_model, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(MaskDPOError, match="no records") as err:
-        run_train(str(empty), model=str(tiny_model), work_dir=str(tmp_path / "W"), recipe=str(TINY_RECIPE))
+        run_train(TrainConfig(pairs=str(empty), model=str(tiny_model), work_dir=str(tmp_path / "W"),
+                              recipe=str(TINY_RECIPE)))
     assert err.value.exit_code == 2
     assert not (tmp_path / "W").exists()
 
@@ -155,7 +173,8 @@ def test_missing_recipe_is_exit_2_naming_it(tiny_model, pairs_file, tmp_path):
     from maskdpo_cli.training import run_train
 
     with pytest.raises(MaskDPOError, match="nope/recipe.py") as err:
-        run_train(str(pairs_file), model=str(tiny_model), work_dir=str(tmp_path / "W"), recipe="nope/recipe.py")
+        run_train(TrainConfig(pairs=str(pairs_file), model=str(tiny_model), work_dir=str(tmp_path / "W"),
+                              recipe="nope/recipe.py"))
     assert err.value.exit_code == 2
 
 
@@ -166,35 +185,51 @@ def test_span_out_of_range_is_exit_2(tiny_model, tmp_path):
     bad["chosen_item"]["spans"] = [[0, 31], [32, 62], [63, 90], [91, 4000]]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [bad])
     with pytest.raises(MaskDPOError, match="spans") as err:
-        run_train(str(pairs), model=str(tiny_model), work_dir=str(tmp_path / "W"), recipe=str(TINY_RECIPE))
+        run_train(TrainConfig(pairs=str(pairs), model=str(tiny_model), work_dir=str(tmp_path / "W"),
+                              recipe=str(TINY_RECIPE)))
     assert err.value.exit_code == 2
 
 
 # ----------------------------------------------------------------------------- recipe and data
 
 def test_flags_override_every_place_of_the_recipe(tiny_model):
-    from maskdpo_cli.training import Overrides, apply_overrides, load_recipe
+    from maskdpo_cli.xtuner_ext.recipe import apply_config, batch_layout, load_recipe
 
     cfg = load_recipe(REPO / "recipes" / "smollm2_135m_instruct_maskdpo.py")
-    ov = Overrides(pairs_file="/w/pairs.jsonl", model_path=str(tiny_model), use_mask=False, beta=0.3, epochs=6,
-                   lr=2e-6, batch_size=32, max_length=256, gpus=1, seed=7, work_dir="/w")
-    plan = apply_overrides(cfg, ov, num_pairs=320)
+    config = TrainConfig(pairs="-", work_dir="/w", model=str(tiny_model), use_mask=False, beta=0.3, epochs=6,
+                         lr=2e-6, batch_size=32, max_length=256, gpus=1, nproc=1, seed=7)
+    layout = batch_layout(cfg, config.batch_size, config.nproc, num_pairs=320)
+    apply_config(cfg, config, layout, pairs_file="/w/pairs.jsonl", tokenized_file="/w/tokenized_pairs.pt", cuda=False)
     assert cfg.model.beta == 0.3 and cfg.optim_wrapper.optimizer.lr == 2e-6
     assert cfg.model.llm.pretrained_model_name_or_path == str(tiny_model)
     assert cfg.tokenizer.pretrained_model_name_or_path == str(tiny_model)
     dataset = cfg.train_dataloader.dataset
     assert dataset.tokenizer.pretrained_model_name_or_path == str(tiny_model)
     assert (dataset.pairs, dataset.use_mask, dataset.max_length) == ("/w/pairs.jsonl", False, 256)
+    assert dataset.tokenized == "/w/tokenized_pairs.pt"
     assert cfg.train_cfg.max_epochs == 6
     assert (cfg.train_dataloader.batch_size, cfg.optim_wrapper.accumulative_counts) == (4, 8)
-    assert plan.iters_per_epoch == 80
+    assert layout.iters_per_epoch == 80
     warmup, cosine = cfg.param_scheduler  # 3% of 6 epochs of 80 iterations, in iterations
     assert (warmup.begin, warmup.end, cosine.begin, cosine.end) == (0, 14, 14, 480)
     assert cfg.randomness.seed == 7
+    # The recipe's settings block stays true in W/config.py.
+    assert (cfg.pretrained_model_name_or_path, cfg.beta, cfg.lr, cfg.max_epochs, cfg.global_batch_size,
+            cfg.micro_batch_size, cfg.accumulative_counts) == (str(tiny_model), 0.3, 2e-6, 6, 32, 4, 8)
+
+
+def test_a_train_config_is_validated_where_it_is_built():
+    for flags, message in (({"epochs": 0}, "--epochs 0: must be at least 1"),
+                           ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
+                           ({"beta": 0.0}, "--beta 0.0: must be positive"), ({"lr": -1.0}, "--lr -1.0: must be"),
+                           ({"gpus": -1}, "--gpus -1: must be 0"), ({"nproc": 0}, "--nproc 0: must be")):
+        with pytest.raises(MaskDPOError, match=message) as err:
+            TrainConfig(pairs="p.jsonl", work_dir="W", **flags)
+        assert err.value.exit_code == 2
 
 
 def test_paper_recipe_is_the_papers_setting():
-    from maskdpo_cli.training import load_recipe
+    from maskdpo_cli.xtuner_ext.recipe import load_recipe
 
     cfg = load_recipe(REPO / "recipes" / "llama3_1_8b_instruct_maskdpo.py")
     assert cfg.max_epochs == 3 and cfg.global_batch_size == 64 and cfg.model.beta == 0.1
@@ -218,12 +253,30 @@ def test_no_mask_is_the_same_pipeline_with_every_response_token(tiny_model, pair
     assert a["key"] != b["key"]  # cached reference values are never shared across masks
 
 
+def test_xtuner_dataset_loads_the_tokens_of_the_check_when_they_match(tiny_model, pairs_file, tmp_path):
+    from maskdpo_cli.records import read_records
+    from maskdpo_cli.xtuner_ext.dataset import (build_mask_dpo_dataset, build_tokenizer, file_sha256,
+                                                save_tokenized, tokenization, tokenize_pairs)
+
+    tokenizer = build_tokenizer(str(tiny_model))
+    checked = tokenize_pairs(tokenizer, read_records(str(pairs_file), "pairs"), max_length=64, use_mask=True)
+    saved = tmp_path / "tokenized_pairs.pt"
+    save_tokenized(saved, checked, tokenization(file_sha256(str(pairs_file)), str(tiny_model), 64, True))
+    # As the recipe's config builds it: a tokenizer that cannot be built proves it is never needed.
+    unbuildable = {"type": "no.such.tokenizer_builder", "pretrained_model_name_or_path": str(tiny_model)}
+    loaded = build_mask_dpo_dataset(str(pairs_file), unbuildable, max_length=64, use_mask=True, tokenized=str(saved))
+    assert loaded.items == checked.items and loaded.num_truncated == checked.num_truncated > 0
+    # Other settings than the file's (a hand-edited W/config.py): tokenized afresh, never the stale tokens.
+    fresh = build_mask_dpo_dataset(str(pairs_file), tokenizer, max_length=None, use_mask=True, tokenized=str(saved))
+    assert fresh.num_truncated == 0 and fresh.keys != checked.keys
+
+
 # ----------------------------------------------------------------------------- GPU
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_training_step(tiny_model, pairs_file, tmp_path):
     from maskdpo_cli.training import run_train
 
-    summary = run_train(str(pairs_file), model=str(tiny_model), work_dir=str(tmp_path / "W"),
-                        recipe=str(TINY_RECIPE), batch_size=4, gpus=1)
+    summary = run_train(TrainConfig(pairs=str(pairs_file), model=str(tiny_model), work_dir=str(tmp_path / "W"),
+                                    recipe=str(TINY_RECIPE), batch_size=4, gpus=1))
     assert "pairs/s" in summary and (tmp_path / "W" / "hf" / "model.safetensors").is_file()

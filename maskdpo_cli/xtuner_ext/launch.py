@@ -2,7 +2,8 @@
 
 `xtuner train` (the console script) re-launches `python` from PATH, which is not
 necessarily the interpreter maskdpo runs in; so every path calls `xtuner.tools.train.main`
-in-process, on every rank too (`maskdpo_cli.distributed` starts and joins the ranks).
+in-process, on every rank too (`maskdpo_cli.torchrun_launch` starts ranks and
+`maskdpo_cli.process_group` joins them).
 The CPU shim comes first.
 """
 
