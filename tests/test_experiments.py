@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# The tier run by `make test-all` only: three studies end to end, many minutes on a CPU. The heaviest
-# test of all (a whole suite took up to 40 min on a loaded machine), so it gets more than the
+# The tier run by `make test-all` only: three studies end to end, many minutes on a CPU. The whole
+# suite once took 40 min on a loaded machine, so this one test gets 40 min rather than the
 # default per-test limit (pyproject.toml).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
