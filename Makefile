@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-all clean
 
 $(STAMP): pyproject.toml Makefile requirements/cpu-constraints.txt requirements/transformers-serve.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/maskdpo demo
 
+# The fast tier, run before pushing: everything but the tests marked slow (pyproject.toml).
 test: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow"
+
+# Every test: the fast tier plus the demo, the experiments, multi-process training, kill -9
+# loops and real-server starts. CI runs this (.ci/run).
+test-all: $(STAMP)
 	$(VENV)/bin/pytest
 
 clean:

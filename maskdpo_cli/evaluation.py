@@ -3,7 +3,7 @@
 For every model, one folder under -o DIR holds, per replication r (seed + r):
 samples.r{r}.jsonl (written by `sample`'s run_sample, so it resumes) and
 annotated.r{r}.jsonl (written by `annotate`'s run_annotate, resumes too), then
-summary.json (DESIGN.md "eval output"). The judge's cache is shared by the whole eval
+summary.json (docs/design.md, "eval output"). The judge's cache is shared by the whole eval
 (DIR/judgments.jsonl), so a sentence that recurs across replications or models is judged once.
 
 The figures, per replication: # correct and # incorrect are sentence counts summed over

@@ -1,4 +1,4 @@
-"""Which tokens of a preference pair enter the DPO log-ratio sums (DESIGN.md, "Masking semantics").
+"""Which tokens of a preference pair enter the DPO log-ratio sums (docs/design.md, "Masking semantics").
 
 One rule, applied over the exact text that is trained on:
 

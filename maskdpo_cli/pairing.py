@@ -1,4 +1,4 @@
-"""Build Mask-DPO preference pairs from annotated samples (paper Sec. 3, DESIGN.md "pair").
+"""Build Mask-DPO preference pairs from annotated samples (paper Sec. 3, docs/design.md "pair").
 
 Per question the highest-scoring response is chosen and the lowest rejected. A pair is
 dropped when the two are identical, when the chosen has no hallucination-free sentence,

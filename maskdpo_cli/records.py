@@ -1,4 +1,4 @@
-"""The JSONL contract between steps (see DESIGN.md, "Records").
+"""The JSONL contract between steps (see docs/design.md, "Records").
 
 Every reader goes through `read_records`, which validates each line for the record kind
 it expects and reports the first problem as file:line: field. Validation returns the

@@ -3,7 +3,7 @@
 transformers 5 lives in its own directory (the Makefile installs it into
 <venv>/transformers-serve; XTuner pins 4.48 in the venv itself) and runs on the venv's python
 with PYTHONPATH pointing there, serving the embedded SmolLM2 on the CPU. What it does, as
-checked against 5.24 (DESIGN.md): it refuses unknown request fields (`top_k`) with HTTP 422
+checked against 5.24 (docs/design.md): it refuses unknown request fields (`top_k`) with HTTP 422
 `{"detail": "Unexpected fields in the request: {'top_k'}"}`, fills `usage`, serves only the
 model it was started with (its id is the directory, as /v1/models lists it), handles one
 request at a time without --continuous-batching, and samples only when the model's

@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The tier run by `make test-all` only: the whole demo, minutes on a CPU.
+pytestmark = pytest.mark.slow
+
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 
 

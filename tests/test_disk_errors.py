@@ -270,6 +270,7 @@ def test_judgments_on_a_full_disk_are_kept_for_the_resume(tmp_path):
     assert labels == ["nofact", "ok", "contradictory"]
 
 
+@pytest.mark.slow  # three `maskdpo sample` processes, each loading a model
 def test_sample_on_a_full_disk_keeps_what_was_written_and_resumes(tmp_path, world, tiny_llama_path):
     args = ("sample", world / "train_questions.jsonl", "--model", tiny_llama_path, "-n", "2",
             "--max-new-tokens", "6", "-o")
@@ -286,6 +287,7 @@ def test_sample_on_a_full_disk_keeps_what_was_written_and_resumes(tmp_path, worl
     assert out.read_bytes() == full
 
 
+@pytest.mark.slow  # two `maskdpo eval` processes, each loading a model
 def test_eval_on_a_full_disk_keeps_what_was_written_and_resumes(tmp_path, world, tiny_llama_path):
     out = tmp_path / "eval"
     args = ("eval", world / "test_questions.jsonl", "--model", f"tiny={tiny_llama_path}", "--annotator",

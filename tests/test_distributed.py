@@ -83,6 +83,7 @@ def data(tmp_path_factory, tiny_llama_path) -> dict[str, Path]:
     return {"root": root, "pairs": pairs, "model": tiny_llama_path, "reference": reference}
 
 
+@pytest.mark.slow  # several training processes
 def test_nproc_2_computes_what_one_process_computes(data):
     work = data["root"] / "nproc2"
     done = run([*MASKDPO, *train_args(data["pairs"], data["model"], work), "--nproc", "2"])
@@ -91,6 +92,7 @@ def test_nproc_2_computes_what_one_process_computes(data):
     assert_same_training(work, data["reference"])
 
 
+@pytest.mark.slow  # several training processes
 def test_torchrun_started_by_the_user_gives_the_same_result(data):
     work = data["root"] / "torchrun"
     done = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -119,6 +121,7 @@ def _srun_tasks(args: list[str], tasks: int = 2) -> list[subprocess.Popen]:
     return procs
 
 
+@pytest.mark.slow  # several training processes
 def test_srun_tasks_cache_every_reference_pair_once_when_pairs_do_not_divide(data):
     pairs = alma_pairs(data["root"] / "pairs7.jsonl", 7)
     work = data["root"] / "srun"
@@ -136,6 +139,7 @@ def test_srun_tasks_cache_every_reference_pair_once_when_pairs_do_not_divide(dat
     assert "7 pairs computed" in outputs[0][1]
 
 
+@pytest.mark.slow  # several training processes
 def test_a_bad_pair_stops_every_rank_with_one_error_and_nothing_written(data, tmp_path):
     bad = json.loads(data["pairs"].read_text().splitlines()[0])
     bad["chosen_item"]["sents"][1] = "She is a sculptor."
@@ -200,6 +204,7 @@ def test_deepspeed_configs_resolve_on_the_cpu(tmp_path):
     assert err.value.exit_code == 2
 
 
+@pytest.mark.slow  # DeepSpeed training; its `data` fixture trains a reference run first
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_deepspeed_without_cuda_is_a_clear_exit_2(data, tmp_path):
     with pytest.raises(MaskDPOError, match="needs CUDA GPUs"):

@@ -301,6 +301,7 @@ def two_protocols(messages: list[dict[str, str]]) -> str:
     return "<No Hallucination>" if len(first_turn(messages)) % 2 == 0 else "<Contradictory>"
 
 
+@pytest.mark.slow  # a `maskdpo eval` process: two replications sampled, then two judge protocols each
 def test_eval_with_two_annotators_reports_both_from_the_annotated_files(tmp_path, tiny_llama_path):
     questions = write_jsonl(tmp_path / "q.jsonl", [
         {"id": f"q{i}", "question": f"Who was person {i}?", "document": "Paris is the capital of France.",

@@ -1,4 +1,4 @@
-"""Hostile input for every reader (DESIGN.md "Records").
+"""Hostile input for every reader (docs/design.md, "Records").
 
 A fuzz test of the JSONL readers over generated malformed files, then every command that
 reads records fed each hostile case: exit code 2, one line on stderr naming file, line and

@@ -25,6 +25,9 @@ import pytest
 from helpers import alma_pairs
 from judge_server import JudgeServer
 
+# The tier run by `make test-all` only: kill -9 loops, each command run to the end several times.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}

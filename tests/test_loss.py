@@ -179,6 +179,7 @@ def test_maskdpo_model_matches_full_logits_and_naive_loss(tiny_llama):
     assert model.compute_loss(dict(data))["loss"].item() == pytest.approx(math.log(2), abs=1e-6)
 
 
+@pytest.mark.slow  # gradcheck over 1,016 inputs, 35 s of CPU alone (the chunked head's step stays fast)
 def test_chunked_head_gradients_are_exact():
     from maskdpo_cli.xtuner_ext.loss import chunked_label_logps, label_logps
 

@@ -141,6 +141,7 @@ def test_torn_last_line_is_dropped_and_resume_matches(tiny_llama_path, tmp_path)
     assert partial.read_bytes() == full.read_bytes()
 
 
+@pytest.mark.slow  # kill -9 of a `maskdpo sample` process, then two more model-loading runs
 def test_resume_after_kill_9(tiny_llama_path, tmp_path):
     total = 12
     questions = write_questions(tmp_path / "q.jsonl", total)
@@ -210,6 +211,7 @@ def test_resume_with_other_settings_exits_2(tiny_llama_path, tmp_path, capsys):
 
 # -- the embedded model, end to end --------------------------------------------------------------
 
+@pytest.mark.slow  # loads the real 135M SmolLM2 and decodes with it: the slowest sampling test
 def test_smollm2_end_to_end(tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "What is the capital of France?"}\n{"question": "Who was Ada Lovelace?"}\n')

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers import kill_after_lines, run_cli, write_jsonl
 from served import served_models
 from maskdpo_cli.backends.base import derive_seed
@@ -210,6 +212,7 @@ def test_url_without_openai_backend_exits_2(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- transformers serve
 
+@pytest.mark.slow  # starts `transformers serve` (a real server, loading a model)
 def test_sample_through_transformers_serve(served_smollm2, tmp_path, capsys):
     q = write_jsonl(tmp_path / "q.jsonl", [{"id": "fr", "question": "What is the capital of France?"}])
     args = ["sample", q, "--backend", "openai", "--url", served_smollm2, "-n", "2", "--top-k", "0",
@@ -234,6 +237,7 @@ def test_sample_through_transformers_serve(served_smollm2, tmp_path, capsys):
     assert "0 tokens" not in err and "tokens/s" in err  # usage was read
 
 
+@pytest.mark.slow  # starts `transformers serve` (a real server, loading a model)
 def test_transformers_serve_refuses_top_k(served_smollm2, tmp_path, capsys):
     q = questions(tmp_path / "q.jsonl", 1)
     out = tmp_path / "s.jsonl"
@@ -246,6 +250,7 @@ def test_transformers_serve_refuses_top_k(served_smollm2, tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob("*.lock"))
 
 
+@pytest.mark.slow  # starts `transformers serve` (a real server, loading a model)
 def test_eval_through_transformers_serve(served_smollm2, tmp_path, capsys):
     from maskdpo_cli.world.generator import make_world
 
@@ -266,6 +271,7 @@ def test_eval_through_transformers_serve(served_smollm2, tmp_path, capsys):
     assert summary["questions"] == 1 and summary["generation"]["backend"] == "openai"
 
 
+@pytest.mark.slow  # starts `transformers serve` (a real server, loading a model)
 def test_annotate_through_transformers_serve_ends_with_the_clear_error(served_smollm2, tmp_path, capsys):
     samples = write_jsonl(tmp_path / "samples.jsonl", [{
         "id": "fr", "question": "What is the capital of France?", "document": "Paris is the capital of France.",

@@ -84,6 +84,7 @@ def maskdpo(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow  # two XTuner training processes (train, then resume); the fast tier trains in test_models.py
 def test_train_cli_exports_a_model_and_resume_reuses_the_reference_cache(tiny_model, pairs_file, tmp_path):
     work = tmp_path / "W"
     common = [str(pairs_file), "--model", str(tiny_model), "--work-dir", str(work),
