@@ -117,11 +117,15 @@ def annotate(
 def pair(
     annotated: str = typer.Argument(..., help="Annotated samples JSONL ('-' for stdin)."),
     output: Optional[str] = OUTPUT,
+    unit: str = typer.Option("sentence", "--unit", help="sentence (paper): score and mask by sentences; span: by "
+                             "the fact spans sentences carry, sentences without spans as one unit."),
+    nofact: str = typer.Option("correct", "--nofact", help="correct (paper): no-fact sentences count as correct; "
+                               "neutral: neither way, out of the loss on both sides."),
 ) -> None:
     """Build one preference pair per question: most factual response vs least factual."""
-    from maskdpo_cli.pairing import DROP_REASONS, run_pair
+    from maskdpo_cli.pairing import DROP_REASONS, Pairing, run_pair
 
-    stats = run_pair(annotated, output)
+    stats = run_pair(annotated, output, Pairing(unit=unit, nofact=nofact))
     stderr.print(f"[green]{stats.pairs} pairs[/] from {stats.questions} questions")
     for reason, count in sorted(stats.dropped.items()):
         stderr.print(f"  dropped {count}: {DROP_REASONS[reason]} ({reason})")
