@@ -217,6 +217,10 @@ def eval_(
     max_retries: int = JUDGE_MAX_RETRIES,
     concurrency: int = JUDGE_CONCURRENCY,
     segmenter: str = SEGMENTER,
+    probe: Optional[str] = typer.Option(None, "--probe", metavar="world:DIR",
+                                        help="Also probe what each model knows of the world's test entities: "
+                                             "greedy completions of '<name> comes from', scored exactly "
+                                             "(probe_accuracy in summary.json)."),
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig
@@ -229,7 +233,8 @@ def eval_(
                         prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
     run_eval(questions, models, output, annotator=annotator, judge=judge, replications=replications,
              best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size,
-             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key)
+             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key,
+             probe=probe)
     stderr.print(f"[green]evaluated[/] {len(models)} model(s) -> {output}/results.md", highlight=False)
 
 
