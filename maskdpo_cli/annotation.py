@@ -211,8 +211,17 @@ def _assemble(question: _Question, annotator: Annotator, verdicts: list[Verdict]
     return {**record, "responses": responses, "annotator": annotator.describe()}
 
 
+def _labelled(sentence: Sentence, verdict: Verdict) -> Record:
+    """The annotated sentence; its fact spans, when the annotator gave them, shifted into the response's frame."""
+    out: Record = {"start": sentence.start, "end": sentence.end, "text": sentence.text, "label": verdict.label}
+    if verdict.spans:
+        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label}
+                        for span in verdict.spans]
+    return out
+
+
 def _response(resp: Record, sents: list[Sentence], by_text: dict[str, Verdict], fact_level: bool) -> Record:
-    labelled = [{"start": s.start, "end": s.end, "text": s.text, "label": by_text[s.text].label} for s in sents]
+    labelled = [_labelled(s, by_text[s.text]) for s in sents]
     n_correct, n_incorrect = sentence_counts(labelled)
     out: dict[str, Any] = {**resp, "sentences": labelled, "n_correct": n_correct, "n_incorrect": n_incorrect,
                            "score": factuality_score(n_correct, n_incorrect)}

@@ -9,7 +9,8 @@ previous reply is back, without waiting for the other sentences.
 Sentence-level annotators (anah-v2) leave `facts` as None. Fact-level annotators
 (factscore, the world oracle) also return the sentence's atomic facts, each supported or
 not; `annotate` then adds `facts`, `n_facts_supported`, `n_facts_unsupported` and
-`fact_score` to every response.
+`fact_score` to every response. An annotator that knows where each fact stands in the
+sentence also returns `spans`; `annotate` writes them on the sentence.
 """
 
 from __future__ import annotations
@@ -27,11 +28,25 @@ class Fact:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Where one fact stands in its sentence: character offsets into the sentence's text, and its label."""
+
+    start: int
+    end: int
+    label: str  # one of records.SPAN_LABELS
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The judgment of one sentence: a label of records.LABELS, and its facts when fact-level."""
+    """The judgment of one sentence: a label of records.LABELS, and its facts when fact-level.
+
+    `spans`, when the annotator can point at its facts in the sentence, become the
+    sentence's "spans" in the annotated record (`pair --unit span` masks by them).
+    """
 
     label: str
     facts: tuple[Fact, ...] | None = None
+    spans: tuple[Span, ...] | None = None
 
 
 class Annotator(Protocol):
