@@ -313,7 +313,11 @@ def _print_pair(console: Any, record: dict[str, Any], pair: dict[str, Any]) -> N
     from rich.markup import escape
 
     # The id is the input's text: escaped, so "[/]" in it is shown, not read as markup.
-    console.print(f"[bold]{escape(record['id'])}[/]  ([green]in the loss[/], [strike red]masked[/])", emoji=False)
+    pairing = pair.get("pairing")
+    # Which rule made the masks: the paper's (sentences, no-fact correct) unless the pair says otherwise.
+    how = (f", by {escape(str(pairing.get('unit')))}, no-fact {escape(str(pairing.get('nofact')))}"
+           if isinstance(pairing, dict) else "")
+    console.print(f"[bold]{escape(record['id'])}[/]  ([green]in the loss[/], [strike red]masked[/]{how})", emoji=False)
     for side in ("chosen", "rejected"):
         kept, total = _counts(record[side]["tokens"])
         console.print(f"[bold cyan]{side}[/] {kept}/{total} tokens in the loss")
