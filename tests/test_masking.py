@@ -454,7 +454,8 @@ SPAN_RESPONSES = {
             ("她住在巴黎。", "contradictory", [("巴黎", "contradictory")]),
         ], sep=""),
         annotated_response(1, [
-            ("阿达出生于罗马，她是一位画家。", "contradictory", [("罗马", "contradictory"), ("一位", "ok"), ("画家", "contradictory")]),
+            ("阿达出生于罗马，她是一位画家。", "contradictory",
+             [("罗马", "contradictory"), ("一位", "ok"), ("画家", "contradictory")]),
             ("我希望这有帮助。", "nofact", []),
         ], sep=""),
     ),
