@@ -67,6 +67,7 @@ INCORRECT_DROP = 0.15   # incorrect facts per answer fall by at least 15%
 CORRECT_KEEP = 0.98     # correct facts per answer stay at or above 0.98 of base
 FILLER_RISE = 0.2       # filler per answer rises by at most 0.2 sentences
 # ...and probe accuracy rises, with the paired 95% interval above 0.
+EPS = 1e-9
 
 
 # ---------------------------------------------------------------- statistics
@@ -79,17 +80,19 @@ def t_interval(diffs: list[float]) -> dict[str, float | None]:
     n, mean = len(diffs), statistics.mean(diffs)
     if n < 2:
         return {"mean": mean, "low": None, "high": None, "n": n}
-    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)  # plain floats: JSON
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def seed_checks(arm: dict[str, float | None], base: dict[str, float | None]) -> dict[str, bool]:
-    """The three per-seed conditions of the bar for one arm against base on one seed."""
+    """The three per-seed conditions of the bar for one arm against base on one seed (a bound
+    met to within float rounding counts as met: 0.7 - 0.5 is a rise of 0.2)."""
     bad0, bad1 = base["incorrect_facts"], arm["incorrect_facts"]
     good0, good1 = base["correct_facts"], arm["correct_facts"]
-    return {"incorrect_fall_15pct": bad0 is not None and bad1 is not None and bad1 <= (1 - INCORRECT_DROP) * bad0,
-            "correct_kept_98pct": good0 is not None and good1 is not None and good1 >= CORRECT_KEEP * good0,
-            "filler_rise_le_0.2": arm["filler"] - base["filler"] <= FILLER_RISE}
+    return {"incorrect_fall_15pct": bad0 is not None and bad1 is not None
+            and bad1 <= (1 - INCORRECT_DROP) * bad0 + EPS,
+            "correct_kept_98pct": good0 is not None and good1 is not None and good1 >= CORRECT_KEEP * good0 - EPS,
+            "filler_rise_le_0.2": arm["filler"] - base["filler"] <= FILLER_RISE + EPS}
 
 
 def verdict(values: dict[str, dict[int, dict[str, float | None]]], arm: str, seeds: list[int]) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def paired(values: dict[str, dict[int, dict[str, float | None]]], arm: str, agai
 # ---------------------------------------------------------------- running the arms
 
 
-def pair_files(run: common.SeedRun, settings: common.Settings) -> dict[str, Path]:
+def pair_files(run: common.SeedRun) -> dict[str, Path]:
     """The seed's annotations paired four ways, each cut to the questions all four pair."""
     d = run.dir / "fact_level"
     full = {}
@@ -131,7 +134,7 @@ def pair_files(run: common.SeedRun, settings: common.Settings) -> dict[str, Path
 
 def run_seed(run: common.SeedRun, settings: common.Settings) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Train the six arms, evaluate all seven with the probe; (summaries by arm, facts about the pairs)."""
-    pairs = pair_files(run, settings)
+    pairs = pair_files(run)
     models = {"base": run.policy}
     for arm, (pairing, masked) in ARMS.items():
         models[arm] = common.train(run, pairs[pairing], run.dir / "fact_level" / "runs" / arm, settings, mask=masked)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"table4": "table4_scaling.py", "table5": "table5_clusters.py", "table6": "table6_best_of.py"}
 COLUMNS = ["# correct", "# incorrect", "% score", "# no fact", "% fact precision"]
@@ -95,3 +97,25 @@ def _check_fact_level(runs: Path, tables: Path) -> None:
     assert "QUICK MODE" in md and "Paired differences against base" in md and "Knows more rather than says less" in md
     png = (tables / "fact_level.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_fact_level_verdict_by_hand():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import fact_level
+
+    base = {"incorrect_facts": 2.0, "correct_facts": 2.0, "filler": 0.5, "probe": 50.0}
+    good = {"incorrect_facts": 1.7, "correct_facts": 1.96, "filler": 0.7, "probe": 52.0}  # -15%, 0.98, +0.2
+    values = {"base": {1: base, 2: base, 3: base},
+              "a": {1: good, 2: {**good, "probe": 53.0}, 3: {**good, "probe": 54.0}},
+              "b": {1: good, 2: {**good, "correct_facts": 1.9, "probe": 53.0}, 3: {**good, "probe": 54.0}},
+              "c": {1: good, 2: {**good, "probe": 47.0}, 3: {**good, "probe": 54.0}}}
+    seeds = [1, 2, 3]
+    a = fact_level.verdict(values, "a", seeds)
+    assert a["knows_more"] is True and json.loads(json.dumps(a)) == a  # plain JSON values
+    b = fact_level.verdict(values, "b", seeds)  # correct facts fall below 0.98 of base on seed 2
+    assert b["per_seed"]["2"]["correct_kept_98pct"] is False and b["knows_more"] is False
+    c = fact_level.verdict(values, "c", seeds)  # the probe rises on average, but its interval includes 0
+    assert all(c["on_every_seed"].values()) and c["probe_rises"] is False and c["knows_more"] is False
+    # probe differences 2, 3, 4: mean 3, sd 1, t(0.975, 2) = 4.303 -> 3 ± 2.484
+    interval = fact_level.paired(values, "a", "base", "probe", seeds)
+    assert interval["mean"] == pytest.approx(3.0) and interval["low"] == pytest.approx(3 - 4.302653 / 3 ** 0.5)
