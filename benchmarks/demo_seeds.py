@@ -1,10 +1,15 @@
 """RESULTS.md: the demo's table over several world seeds, with mean and spread.
 
     .venv/bin/python benchmarks/demo_seeds.py --seeds 7 8 9 [--quick] -o runs/demo-seeds --results RESULTS.md
+    .venv/bin/python benchmarks/demo_seeds.py --from-json experiments/results/demo_seeds.json --results RESULTS.md
 
 Each seed runs `maskdpo demo --seed S` (the real command) into its own folder, so a rerun
-reuses what is done. The per-seed summaries are combined into two tables: the paper's
-(# correct, # incorrect, % score as mean ± sd over seeds) and the score of every seed.
+reuses what is done. The figures of every seed and model (each eval summary.json's
+figures, and the split of each score change against base) are written as data to --json
+(default experiments/results/demo_seeds.json), and the tables are made from that data
+alone: the paper's (# correct, # incorrect, % score as mean ± sd over seeds), the score of
+every seed, and the per-answer counts that filler cannot game. --from-json remakes the
+tables from a stored JSON without running anything, so every number can be checked.
 With --results FILE the tables replace the part of FILE between the markers below
 (appended when FILE has none), so the prose around them stays.
 """
@@ -12,6 +17,7 @@ With --results FILE the tables replace the part of FILE between the markers belo
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -19,9 +25,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maskdpo_cli.demo import MODELS, load_summaries  # noqa: E402
+from maskdpo_cli.demo import MODELS, answer_rates, load_summaries  # noqa: E402
+from maskdpo_cli.reporting import score_split  # noqa: E402
 
 BEGIN, END = "<!-- demo_seeds: begin -->", "<!-- demo_seeds: end -->"
+
+
+FIGURES = ("questions", "replications", "correct", "incorrect", "score", "score_sd", "labels", "fact_precision",
+           "facts_correct", "facts_incorrect", "fact_score", "fact_score_sd", "atomic_fact_precision")
 
 
 def run(seed: int, out: Path, quick: bool) -> dict[str, dict]:
@@ -29,6 +40,17 @@ def run(seed: int, out: Path, quick: bool) -> dict[str, dict]:
     cmd = [sys.executable, "-m", "maskdpo_cli.cli", "demo", "--seed", str(seed), "-o", str(folder)]
     subprocess.run(cmd + (["--quick"] if quick else []), check=True)
     return load_summaries(folder)
+
+
+def figures(summaries: dict[str, dict]) -> dict[str, dict]:
+    """What the tables read of one seed's summaries, per model: the data behind every number."""
+    out = {}
+    for m in MODELS:
+        s = summaries[m]
+        out[m] = {key: s.get(key) for key in FIGURES}
+        out[m]["per_answer"] = answer_rates(s)
+        out[m]["split_vs_base"] = None if m == "base" else score_split(summaries["base"], s)
+    return out
 
 
 def _mean_sd(values: list[float | None]) -> str:
@@ -65,6 +87,21 @@ def tables(results: dict[int, dict[str, dict]], command: str) -> str:
     lines += ["", f"Mask-DPO minus DPO: {_mean_sd(gaps)} points; both above base on {above_base} of "
               f"{len(seeds)} seeds; the paper's ordering (Mask-DPO > DPO > base) on {holds} of {len(seeds)}; "
               f"the same ordering in fact precision on {precision_holds} of {len(seeds)}."]
+    lines += ["", "Per answer (mean ± sd over seeds; facts as the oracle splits them):", "",
+              "| model | no fact / answer | correct facts / answer | incorrect facts / answer | % atomic precision |",
+              "|---|---:|---:|---:|---:|"]
+    for m in MODELS:
+        rates = [results[s][m].get("per_answer") or {} for s in seeds]
+        cells = [_mean_sd([r.get(key) for r in rates]) for key in ("nofact", "facts_correct", "facts_incorrect")]
+        cells.append(_mean_sd([results[s][m].get("atomic_fact_precision") for s in seeds]))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for m in ("dpo", "maskdpo"):
+        splits = [results[s][m].get("split_vs_base") for s in seeds]
+        splits = [x for x in splits if x]
+        if splits:
+            lines += ["", f"{m} vs base, score change split (reporting.score_split; mean ± sd over seeds): "
+                      f"{_mean_sd([x['total'] for x in splits])} points = {_mean_sd([x['filler'] for x in splits])} "
+                      f"from the filler share + {_mean_sd([x['precision'] for x in splits])} from fact precision."]
     return "\n".join(lines)
 
 
@@ -84,11 +121,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-o", "--output", default="runs/demo-seeds")
     parser.add_argument("--results", type=Path, help="Markdown file whose demo_seeds section is (re)written.")
+    parser.add_argument("--json", type=Path, default=Path("experiments/results/demo_seeds.json"),
+                        help="Where the figures of every seed and model go (the tables' data).")
+    parser.add_argument("--from-json", type=Path, help="Make the tables from this stored JSON; run nothing.")
     args = parser.parse_args()
-    out = Path(args.output)
-    results = {s: run(s, out, args.quick) for s in args.seeds}
-    command = ("python benchmarks/demo_seeds.py --seeds " + " ".join(map(str, args.seeds))
-               + (" --quick" if args.quick else ""))
+    if args.from_json:
+        data = json.loads(args.from_json.read_text(encoding="utf-8"))
+        results = {int(seed): models for seed, models in data["per_seed"].items()}
+        command = data["command"]
+    else:
+        out = Path(args.output)
+        results = {s: figures(run(s, out, args.quick)) for s in args.seeds}
+        command = ("python benchmarks/demo_seeds.py --seeds " + " ".join(map(str, args.seeds))
+                   + (" --quick" if args.quick else ""))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": command, "seeds": args.seeds, "quick": args.quick,
+                                         "per_seed": {str(s): results[s] for s in args.seeds}}, indent=1) + "\n",
+                             encoding="utf-8")
     body = tables(results, command)
     print(body)
     if args.results:

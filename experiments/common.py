@@ -63,10 +63,11 @@ class Settings:
         return cls()
 
 
-def parse_args(doc: str, default_out: str) -> argparse.Namespace:
+def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9)) -> argparse.Namespace:
     """The options every study script takes."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9], help="World seeds (default 7 8 9).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                        help=f"World seeds (default {' '.join(map(str, seeds))}).")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, for the test suite: not for conclusions.")
     parser.add_argument("-o", "--output", default=default_out, help="Runs folder; rerun to resume.")
     parser.add_argument("--tables", default="experiments/results",
@@ -107,8 +108,9 @@ class SeedRun:
         return f"world:{self.world}"
 
 
-def prepare(root: Path, seed: int, s: Settings) -> SeedRun:
-    """World, policy, training pairs, Mask-DPO on all pairs and the base eval of one seed."""
+def prepare(root: Path, seed: int, s: Settings, shared_runs: bool = True) -> SeedRun:
+    """World, policy, training pairs, Mask-DPO on all pairs and the base eval of one seed
+    (the last two only with shared_runs: a study that trains and scores its own arms skips them)."""
     d = root / f"seed{seed}"
     world, policy = d / "world", d / "world" / "policy"
     if not done(world / "world.json"):
@@ -128,8 +130,9 @@ def prepare(root: Path, seed: int, s: Settings) -> SeedRun:
                  "with a correct sentence (pretrain it longer)")
     run = SeedRun(seed, d, world, policy, d / "pairs.jsonl", world / "test_questions.jsonl",
                   d / "runs" / "maskdpo-all" / "hf")
-    train(run, run.pairs, d / "runs" / "maskdpo-all", s)
-    evaluate(run, {"base": policy}, d / "eval-base", s)
+    if shared_runs:
+        train(run, run.pairs, d / "runs" / "maskdpo-all", s)
+        evaluate(run, {"base": policy}, d / "eval-base", s)
     return run
 
 
@@ -143,15 +146,16 @@ def train(run: SeedRun, pairs: Path, work: Path, s: Settings, *, mask: bool = Tr
 
 
 def evaluate(run: SeedRun, models: dict[str, Path], out: Path, s: Settings, best_of: list[int] | None = None,
-             questions: Path | None = None) -> dict[str, dict[str, Any]]:
-    """`maskdpo eval` of the models on the seed's test topics (or `questions`); their summary.json by name."""
+             questions: Path | None = None, extra: list[str] = ()) -> dict[str, dict[str, Any]]:
+    """`maskdpo eval` of the models on the seed's test topics (or `questions`), `extra` flags added
+    (e.g. --probe); their summary.json by name."""
     if not all(done(out / name / "summary.json") for name in models):
         flags = (["--best-of", ",".join(map(str, best_of))] if best_of
                  else ["--replications", s.replications])
         maskdpo("eval", questions or run.test,
                 *[a for name, path in models.items() for a in ("--model", f"{name}={path}")],
                 "--annotator", run.annotator, *flags, "--temperature", s.eval_temperature, "--top-k", "40",
-                "--max-new-tokens", s.max_new_tokens, "--seed", run.seed, "-o", out)
+                "--max-new-tokens", s.max_new_tokens, "--seed", run.seed, *extra, "-o", out)
     return {name: json.loads((out / name / "summary.json").read_text(encoding="utf-8")) for name in models}
 
 

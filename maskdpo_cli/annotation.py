@@ -234,7 +234,7 @@ def _response(resp: Record, sents: list[Sentence], by_text: dict[str, Verdict], 
 def _sentence(sentence: Sentence, verdict: Verdict) -> Record:
     """The labelled sentence; its spans, when the annotator located its facts, shifted into the response text."""
     out: Record = {"start": sentence.start, "end": sentence.end, "text": sentence.text, "label": verdict.label}
-    if verdict.spans is not None:
+    if verdict.spans:  # an empty tuple locates nothing
         out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label}
                         for span in verdict.spans]
     return out

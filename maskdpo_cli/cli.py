@@ -124,11 +124,15 @@ def annotate(
 def pair(
     annotated: str = typer.Argument(..., help="Annotated samples JSONL ('-' for stdin)."),
     output: Optional[str] = OUTPUT,
+    unit: str = typer.Option("sentence", "--unit", help="sentence (paper): score and mask by sentences; span: by "
+                             "the fact spans sentences carry, sentences without spans as one unit."),
+    nofact: str = typer.Option("correct", "--nofact", help="correct (paper): no-fact sentences count as correct; "
+                               "neutral: neither way, out of the loss on both sides."),
 ) -> None:
     """Build one preference pair per question: most factual response vs least factual."""
-    from maskdpo_cli.pairing import DROP_REASONS, run_pair
+    from maskdpo_cli.pairing import DROP_REASONS, Pairing, run_pair
 
-    stats = run_pair(annotated, output)
+    stats = run_pair(annotated, output, Pairing(unit=unit, nofact=nofact))
     stderr.print(f"[green]{stats.pairs} pairs[/] from {stats.questions} questions")
     for reason, count in sorted(stats.dropped.items()):
         stderr.print(f"  dropped {count}: {DROP_REASONS[reason]} ({reason})")
@@ -222,6 +226,10 @@ def eval_(
     max_retries: int = JUDGE_MAX_RETRIES,
     concurrency: int = JUDGE_CONCURRENCY,
     segmenter: str = SEGMENTER,
+    probe: Optional[str] = typer.Option(None, "--probe", metavar="world:DIR",
+                                        help="Also probe what each model knows of the world's test entities: "
+                                             "greedy completions of '<name> comes from', scored exactly "
+                                             "(probe_accuracy in summary.json)."),
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig
@@ -234,7 +242,8 @@ def eval_(
                         prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
     run_eval(questions, models, output, annotator=annotator, judge=judge, replications=replications,
              best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size,
-             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key)
+             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key,
+             probe=probe)
     stderr.print(f"[green]evaluated[/] {len(models)} model(s) -> {output}/results.md", highlight=False)
 
 

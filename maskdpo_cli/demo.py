@@ -15,6 +15,7 @@ from pathlib import Path
 
 from maskdpo_cli.jsonl import output_dir
 from maskdpo_cli.progress import stderr
+from maskdpo_cli.reporting import num, score_split
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ QUICK_NOTE = (
     "\n\nSMOKE RUN: the --quick world (at most 36 training pairs, 12 test questions, 2 replications) checks "
     "that the pipeline runs end to end; it is too small to separate the models, so the order of these rows is "
     "noise. For the comparison run the full demo, `maskdpo demo` (about 3 minutes per seed on 2 idle cores): "
-    "over 5 world seeds it scores Mask-DPO > DPO > base on every seed (RESULTS.md).")
+    "over 5 world seeds it scores Mask-DPO > DPO > base on every seed, mostly by adding filler and stating fewer "
+    "facts (RESULTS.md).")
 
 
 def load_summaries(out: Path) -> dict[str, dict]:
@@ -123,20 +125,62 @@ def load_summaries(out: Path) -> dict[str, dict]:
 def results_table(out: Path) -> str:
     """The paper-style table (Table 1): # correct, # incorrect, % score, with standard deviations;
     then how many correct sentences state no fact, and the score of the factual ones alone; then
-    the oracle's atomic facts, FactScore-style (the table's right half in the paper)."""
+    the oracle's atomic facts, FactScore-style (the table's right half in the paper); then per
+    answer the no-fact sentences and the correct and incorrect facts, which filler cannot game.
+    Under the table, score_line() says where each aligned model's score gain came from."""
+    summaries = load_summaries(out)
     rows = ["| model | # correct | # incorrect | % score | # no fact | % fact precision "
-            "| # correct facts | # incorrect facts | % fact score |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in load_summaries(out).items():
+            "| # correct facts | # incorrect facts | % fact score "
+            "| no fact / answer | correct facts / answer | incorrect facts / answer |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in summaries.items():
         sds = s.get("per_replication", [])
         precision, fact_score = s.get("fact_precision"), s.get("fact_score")
         facts = (f"| {s['facts_correct']:.1f}{_sd(sds, 'facts_correct')} "
                  f"| {s['facts_incorrect']:.1f}{_sd(sds, 'facts_incorrect')} "
                  f"| {fact_score:.2f} ± {s['fact_score_sd']:.2f} |" if fact_score is not None else "| - | - | - |")
+        rates = answer_rates(s)
         rows.append(f"| {name} | {s['correct']:.1f}{_sd(sds, 'correct')} | {s['incorrect']:.1f}{_sd(sds, 'incorrect')} "
                     f"| {s['score']:.2f} ± {s['score_sd']:.2f} | {s['labels']['nofact']:.1f} "
-                    f"| {'-' if precision is None else f'{precision:.2f}'} {facts}")
-    return "\n".join(rows)
+                    f"| {'-' if precision is None else f'{precision:.2f}'} {facts}"
+                    + "".join(f" {num(rates.get(key))} |" for key in ("nofact", "facts_correct", "facts_incorrect")))
+    return "\n".join(rows) + "\n\n" + score_line(summaries)
+
+
+def answer_rates(s: dict) -> dict:
+    """summary.json's per_answer; for a summary written before it existed, from the means."""
+    if s.get("per_answer"):
+        return s["per_answer"]
+    q = s["questions"]
+    return {"nofact": s["labels"]["nofact"] / q, "facts_correct": s.get("facts_correct", 0) / q,
+            "facts_incorrect": s.get("facts_incorrect", 0) / q} if q else {}
+
+
+def score_line(summaries: dict[str, dict]) -> str:
+    """One line: each aligned model's score change against base, split into the part from the
+    no-fact (filler) share and the part from fact precision (reporting.score_split: the two
+    parts sum exactly to the change), and its change in correct and incorrect facts per answer."""
+    base = summaries["base"]
+    parts = []
+    for name in ("dpo", "maskdpo"):
+        split, rates, base_rates = score_split(base, summaries[name]), answer_rates(summaries[name]), answer_rates(base)
+        where = ("no split (no fact-stating sentence)" if split is None else
+                 f"{split['total']:+.2f} points = {split['filler']:+.2f} from the filler share "
+                 f"({split['filler_share'][0]:.1f}% → {split['filler_share'][1]:.1f}% of sentences) "
+                 f"{split['precision']:+.2f} from fact precision "
+                 f"({split['fact_precision'][0]:.1f}% → {split['fact_precision'][1]:.1f}%)")
+        facts = "; ".join(f"{label} facts / answer {_change(base_rates.get(key), rates.get(key))}"
+                          for label, key in (("correct", "facts_correct"), ("incorrect", "facts_incorrect")))
+        parts.append(f"{name} vs base: {where}; {facts}")
+    return "Where the score change comes from (score = filler share + (1 - filler share) × fact precision): " + \
+        ". ".join(parts) + "."
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if before is None or after is None:
+        return "-"
+    relative = f", {100 * (after - before) / before:+.0f}%" if before else ""
+    return f"{before:.2f} → {after:.2f} ({after - before:+.2f}{relative})"
 
 
 def _sd(per_replication: list[dict], key: str) -> str:

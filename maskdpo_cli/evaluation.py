@@ -35,6 +35,16 @@ samples are generated once, the first annotator writes annotated.r{r}.jsonl and 
 sentence figures (and picks best-of-N), each other one writes annotated.<name>.r{r}.jsonl
 (<name>: the annotator's name, e.g. factscore, world). The fact figures come from the
 first annotator that labels facts, for the very responses the sentence figures score.
+
+Figures that filler cannot game: a score counts no-fact sentences as correct, so an answer
+padded with "I hope this helps." scores higher while stating nothing more. The summary's
+`per_answer` (and each replication's) gives counts per evaluated answer (per question,
+empty answers included): `nofact`, `ok` and `wrong` (contradictory + unverifiable)
+sentences, and, when an annotator labels facts, `facts_correct` and `facts_incorrect`.
+`atomic_fact_precision` is 100 x facts_correct / (facts_correct + facts_incorrect), the
+facts pooled over answers (fact_score averages per answer instead). With --probe world:DIR
+the summary also has probe_accuracy, probe_count and probe_correct
+(maskdpo_cli.world.probe): greedy completions of "<name> comes from", scored exactly.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import atomic_output, display_name, output_dir, write_json_atomic, write_text_atomic
 from maskdpo_cli.progress import stderr
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, read_records, sentence_counts
-from maskdpo_cli.reporting import RESULTS, SUMMARY, _num, markdown_table, print_table, results_table
+from maskdpo_cli.reporting import RESULTS, SUMMARY, num, markdown_table, print_table, results_table
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
@@ -157,6 +167,16 @@ def aggregate(tallies: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def per_answer(counts: dict[str, Any], answers: float) -> dict[str, float | None]:
+    """Sentence and fact counts (a tally or an aggregate) divided by the number of answers."""
+    labels = counts["labels"]
+    totals = {"nofact": labels["nofact"], "ok": labels["ok"],
+              "wrong": labels["contradictory"] + labels["unverifiable"]}
+    if "facts_correct" in counts:
+        totals.update(facts_correct=counts["facts_correct"], facts_incorrect=counts["facts_incorrect"])
+    return {key: value / answers if answers else None for key, value in totals.items()}
+
+
 def _tally(records: list[Record], facts_from: list[Record] | None, n: int = 1,
            gamma: float | None = None) -> dict[str, Any]:
     """tally() of the evaluated responses; with `facts_from` (the same questions labelled by a
@@ -179,10 +199,16 @@ def summarize(replicas: list[list[Record]], *, name: str, model: str, best_of: l
     facts = fact_replicas or [None] * len(replicas)
     per_replication = [{"replication": r, **_tally(records, facts[r], gamma=gamma)}
                        for r, records in enumerate(replicas)]
+    for t in per_replication:
+        t["per_answer"] = per_answer(t, t["responses"])
+    overall = aggregate(per_replication)
     summary: dict[str, Any] = {"model": model, "name": name, "questions": len(replicas[0]),
-                               "replications": len(replicas), **aggregate(per_replication),
+                               "replications": len(replicas), **overall,
+                               "per_answer": per_answer(overall, len(replicas[0])),
                                "per_replication": per_replication,
                                "per_topic": per_topic(replicas, fact_replicas, gamma)}
+    if "facts_correct" in overall:
+        summary["atomic_fact_precision"] = percent(overall["facts_correct"], overall["facts_incorrect"])
     if gamma:
         summary["fact_length_penalty"] = gamma
     if best_of:
@@ -300,10 +326,11 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str 
              params: GenerationParams | None = None, backend: str = "transformers", seed: int = 0,
              batch_size: int | None = None, fact_length_penalty: float | None = None,
              segmenter: str = "default", urls: Sequence[str] = (), api_key: str | None = None,
-             ) -> list[dict[str, Any]]:
+             probe: str | None = None) -> list[dict[str, Any]]:
     """Evaluate every model on the questions; write DIR/<model>/summary.json and DIR/results.md.
 
     With backend openai each model is a name served at `urls` (sample --backend openai).
+    `probe`: world:DIR, the world's knowledge probe of every model (module docstring).
 
     Replication r generates with seed + r (params.seed is replaced); params.n is set from best_of.
     `annotator`: one spec, or several that all judge the same responses (module docstring).
@@ -317,6 +344,7 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str 
     if replications is None:
         replications = 1 if best_of else REPLICATIONS
     _check_request(models, replications, best_of)
+    probe_world = _probe_world(probe, backend)
     records = _load_questions(questions, annotators, judge)
     specs = parse_models(models)
     for spec in specs:
@@ -337,17 +365,30 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str 
                                         judge=judge, params=params,
                                         replications=replications, best_of=best_of, backend=backend,
                                         seed=seed, batch_size=batch_size, fact_length_penalty=fact_length_penalty,
-                                        segmenter=segmenter, urls=urls, api_key=api_key))
+                                        segmenter=segmenter, urls=urls, api_key=api_key, probe=probe_world))
     write_results(summaries, out)
     return summaries
+
+
+def _probe_world(probe: str | None, backend: str) -> str | None:
+    """The world directory of --probe world:DIR, checked before any model runs."""
+    if probe is None:
+        return None
+    from maskdpo_cli.world.probe import world_dir_of
+
+    if backend == "openai":  # the probe prefills the answer: it needs the weights, not a chat API
+        raise MaskDPOError(f"--probe {probe}: needs local model weights; use --backend transformers")
+    return world_dir_of(probe)
 
 
 def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str | list[str], judge: JudgeConfig,
                    params: GenerationParams, replications: int, best_of: list[int] | None,
                    backend: str, seed: int, batch_size: int | None,
                    fact_length_penalty: float | None = None, segmenter: str = "default",
-                   urls: Sequence[str] = (), api_key: str | None = None) -> dict[str, Any]:
-    """Generate, annotate and summarize one model in out/<name>/; each step resumes."""
+                   urls: Sequence[str] = (), api_key: str | None = None,
+                   probe: str | None = None) -> dict[str, Any]:
+    """Generate, annotate and summarize one model in out/<name>/; each step resumes.
+    `probe`: a world directory whose knowledge probe the model also takes (out/<name>/probe.json)."""
     from maskdpo_cli.annotation import run_annotate
     from maskdpo_cli.backends import backend_options
     from maskdpo_cli.sampling import run_sample
@@ -380,6 +421,12 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
     summary["fact_annotator"] = None if fact_source is None else annotators[fact_source]
     if len(annotators) > 1:
         summary["annotators"] = annotators
+    if probe is not None:
+        from maskdpo_cli.models import resolve_model
+        from maskdpo_cli.world.probe import run_probe
+
+        summary.update(run_probe(probe, resolve_model(spec.model), folder))
+        stderr.print(f"  probe: {summary['probe_correct']}/{summary['probe_count']} values known", highlight=False)
     if summary["empty"]:
         stderr.print(f"  [yellow]{spec.name}: {summary['empty']:g} empty responses per replication "
                      "(no sentence: counted, not scored)[/]")
@@ -410,8 +457,8 @@ def write_results(summaries: list[dict[str, Any]], out: Path) -> Path:
         # The paper's Table 1: the sentence evaluator's columns, then FactScore's, per model.
         headers += ["# correct facts", "# incorrect facts", "% fact score", "fact sd"]
         for s, row in zip(summaries, rows):
-            row += [_num(s.get("facts_correct"), 1), _num(s.get("facts_incorrect"), 1),
-                    _num(s.get("fact_score")), _num(s.get("fact_score_sd"))]
+            row += [num(s.get("facts_correct"), 1), num(s.get("facts_incorrect"), 1),
+                    num(s.get("fact_score")), num(s.get("fact_score_sd"))]
         first = summaries[0]
         title = (f"factuality: sentences by {first.get('annotator')}, atomic facts by "
                  f"{first.get('fact_annotator')} (first model is the baseline)")
@@ -422,6 +469,6 @@ def write_results(summaries: list[dict[str, Any]], out: Path) -> Path:
 
 
 __all__ = ["run_eval", "evaluate_model", "summarize", "tally", "fact_tally", "length_penalty", "aggregate",
-           "percent", "evaluated", "annotator_files",
+           "percent", "evaluated", "annotator_files", "per_answer",
            "best_response", "per_topic", "parse_models", "folder_name", "eval_params", "parse_sizes", "ModelSpec",
            "write_results", "REPLICATIONS"]

@@ -7,7 +7,8 @@ One rule, applied over the exact text that is trained on:
 2. Tokenize that text once, with the fast tokenizer's offset mapping.
 3. A token is a *response token* iff its character span overlaps the content. A response
    token is out of the loss iff its span overlaps a masked sentence (the hallucinated
-   sentences of chosen, the hallucination-free ones of rejected). The first token after
+   sentences of chosen, the hallucination-free ones of rejected; "no_fact" pieces, from
+   `pair --nofact neutral`, on both sides). The first token after
    the content (the end-of-turn token) is in the loss. Everything else (system prompt,
    user turns, template markup, whatever the template appends after the end-of-turn
    token) never is.
@@ -27,6 +28,14 @@ Decisions:
 - The sentences are located and checked even with `use_mask=False`, so a DPO baseline
   trains on exactly the pairs that Mask-DPO accepts.
 - The mask is a list of booleans; no label value encodes it (token id 0 is a real token).
+- Pairs made with `pair --unit span` (`"pairing": {"unit": "span"}`) list finer pieces in
+  the same item lists: wrong fact spans as "hallucination" pieces, the rest of their
+  sentence as "no_hallucination" (pairing.py). The same rule applies, with one addition:
+  a token that touches a wrong piece belongs to it. On the chosen side that changes
+  nothing (it is masked either way); on the rejected side such a token stays in the loss
+  even where it also touches the sentence around the span (" Paris" with its leading
+  space), which is what "only the tokens of wrong spans enter the loss" means. Pairs
+  without that field keep the sentence rule exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from maskdpo_cli.errors import InputError, MaskDPOError
 
 # Which item type is masked out of the loss on each side (paper Eq. 5-6).
 MASKED_TYPE = {"chosen": "hallucination", "rejected": "no_hallucination"}
+# All masked types per side: "no_fact" pieces (`pair --nofact neutral`) are out on both.
+MASKED_TYPES = {side: frozenset({kind, "no_fact"}) for side, kind in MASKED_TYPE.items()}
 # Private-use characters: no chat template touches them, no content is likely to hold them.
 _SENTINEL = "\ue000\ue001\ue002\ue003"
 
@@ -63,7 +74,12 @@ class TokenizedPair:
 # --------------------------------------------------------------------------- sentences
 
 def sentence_spans(content: str, item: dict | None, pair_id: str, side: str) -> list[tuple[int, int, bool]]:
-    """(start, end, masked?) per sentence of one side, as character offsets into `content`.
+    """(start, end, masked?) per sentence (or piece) of one side, as character offsets into `content`."""
+    return [(start, end, kind in MASKED_TYPES[side]) for start, end, kind in piece_spans(content, item, pair_id, side)]
+
+
+def piece_spans(content: str, item: dict | None, pair_id: str, side: str) -> list[tuple[int, int, str]]:
+    """(start, end, type) per sentence (or piece) of one side, as character offsets into `content`.
 
     Uses item["spans"] when present (checked against the sentences); otherwise locates each
     sentence in order, searching from the end of the previous one (the authors' format), so
@@ -77,8 +93,7 @@ def sentence_spans(content: str, item: dict | None, pair_id: str, side: str) -> 
     spans = item.get("spans")
     if spans is not None and len(spans) != len(sents):
         raise _pair_error(pair_id, f"{side}_item.spans", f"has {len(spans)} spans for {len(sents)} sents")
-    masked_type = MASKED_TYPE[side]
-    out: list[tuple[int, int, bool]] = []
+    out: list[tuple[int, int, str]] = []
     previous_end = 0
     for j, (sent, kind) in enumerate(zip(sents, types)):
         if spans is not None:
@@ -93,7 +108,7 @@ def sentence_spans(content: str, item: dict | None, pair_id: str, side: str) -> 
                                   f"sentence {j} {_short(sent)} not found in the {side} content "
                                   f"after character {previous_end}")
             end = start + len(sent)
-        out.append((start, end, kind == masked_type))
+        out.append((start, end, kind))
         previous_end = end
     return out
 
@@ -143,8 +158,11 @@ def _is_special(tokenizer: Any, token_id: int) -> bool:
 
 def tokenize_response(tokenizer: Any, history: list[dict[str, str]], content: str,
                       masked: list[tuple[int, int]], pair_id: str, side: str,
-                      max_length: int | None = None) -> TokenizedResponse:
-    """Tokenize history + the assistant `content` once; mask the tokens overlapping `masked` spans."""
+                      max_length: int | None = None, kept: list[tuple[int, int]] = ()) -> TokenizedResponse:
+    """Tokenize history + the assistant `content` once; mask the tokens overlapping `masked` spans.
+
+    A token that overlaps a `kept` span stays in the loss even when it also overlaps a masked one.
+    """
     text, cs, ce, lead = _locate_content(tokenizer, history, content, pair_id, side)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
@@ -166,7 +184,8 @@ def tokenize_response(tokenizer: Any, history: list[dict[str, str]], content: st
             a, b = offsets[i]
             # Offsets into the original content; clip a straddling token to the content.
             span = (max(a, cs) - cs + lead, min(b, ce) - cs + lead)
-            mask[i] = not any(overlaps(*span, s, e) for s, e in masked)
+            mask[i] = (not any(overlaps(*span, s, e) for s, e in masked)
+                       or any(overlaps(*span, s, e) for s, e in kept))
         else:
             span = (length, length)
             mask[i] = i == eot
@@ -190,11 +209,21 @@ def tokenize_pair(tokenizer: Any, pair: dict, *, max_length: int | None = None,
     for side in ("chosen", "rejected"):
         messages = pair[side]
         content = messages[-1]["content"]
-        sentences = sentence_spans(content, pair.get(f"{side}_item"), pair_id, side)
-        masked = [(s, e) for s, e, is_masked in sentences if is_masked] if use_mask else []
+        pieces = piece_spans(content, pair.get(f"{side}_item"), pair_id, side)
+        masked = [(s, e) for s, e, kind in pieces if kind in MASKED_TYPES[side]] if use_mask else []
+        # Span pairs: a token touching a wrong span is the span's (module docstring); only the
+        # rejected side needs saying so, the chosen side masks it anyway.
+        kept = ([(s, e) for s, e, kind in pieces if kind == "hallucination"]
+                if use_mask and side == "rejected" and split_by_spans(pair) else [])
         history = list(pair["prompt"]) + list(messages[:-1])
-        sides[side] = tokenize_response(tokenizer, history, content, masked, pair_id, side, max_length)
+        sides[side] = tokenize_response(tokenizer, history, content, masked, pair_id, side, max_length, kept)
     return TokenizedPair(pair_id, sides["chosen"], sides["rejected"])
+
+
+def split_by_spans(pair: dict) -> bool:
+    """Whether the pair's items list fact spans (made by `pair --unit span`)."""
+    pairing = pair.get("pairing")
+    return isinstance(pairing, dict) and pairing.get("unit") == "span"
 
 
 def turn_length(resp: TokenizedResponse, content: str) -> int:
@@ -284,7 +313,11 @@ def _print_pair(console: Any, record: dict[str, Any], pair: dict[str, Any]) -> N
     from rich.markup import escape
 
     # The id is the input's text: escaped, so "[/]" in it is shown, not read as markup.
-    console.print(f"[bold]{escape(record['id'])}[/]  ([green]in the loss[/], [strike red]masked[/])", emoji=False)
+    pairing = pair.get("pairing")
+    # Which rule made the masks: the paper's (sentences, no-fact correct) unless the pair says otherwise.
+    how = (f", by {escape(str(pairing.get('unit')))}, no-fact {escape(str(pairing.get('nofact')))}"
+           if isinstance(pairing, dict) else "")
+    console.print(f"[bold]{escape(record['id'])}[/]  ([green]in the loss[/], [strike red]masked[/]{how})", emoji=False)
     for side in ("chosen", "rejected"):
         kept, total = _counts(record[side]["tokens"])
         console.print(f"[bold cyan]{side}[/] {kept}/{total} tokens in the loss")

@@ -18,8 +18,14 @@ from maskdpo_cli.jsonl import display_name, read_jsonl
 LABELS = ("nofact", "ok", "contradictory", "unverifiable")
 CORRECT_LABELS = frozenset({"nofact", "ok"})
 INCORRECT_LABELS = frozenset({"contradictory", "unverifiable"})
-# The authors' released pair format names sentence types this way.
-ITEM_TYPES = ("no_hallucination", "hallucination")
+# A span is a stated value (a fact) inside a sentence: it is never "nofact".
+SPAN_LABELS = ("ok", "contradictory", "unverifiable")
+# The authors' released pair format names sentence types this way; "no_fact" is ours
+# (`pair --nofact neutral`): a piece masked on both sides.
+ITEM_TYPES = ("no_hallucination", "hallucination", "no_fact")
+# `pair --unit` and `pair --nofact`: the first of each is the paper's method.
+PAIR_UNITS = ("sentence", "span")
+NOFACT_POLICIES = ("correct", "neutral")
 
 Record = dict[str, Any]
 
@@ -147,8 +153,27 @@ def validate_annotated(obj: Record, path: str = "<input>", line: int | None = No
                 raise c.fail(sw, f"span [{start}, {end}) overlaps the previous sentence")
             if text[start:end] != stext:
                 raise c.fail(f"{sw}.text", "does not equal the response text at [start, end)")
+            _validate_spans(c, sent, sw, start, end)
             previous_end = end
     return rec
+
+
+def _validate_spans(c: _Checker, sent: Record, where: str, sent_start: int, sent_end: int) -> None:
+    """A sentence's optional fact spans: known labels, each inside its sentence (may touch or overlap)."""
+    spans = c.get(sent, "spans", list, f"{where}.spans", required=False)
+    for k, span in enumerate(spans or ()):
+        sw = f"{where}.spans[{k}]"
+        if not isinstance(span, dict):
+            raise c.fail(sw, "expected an object")
+        start = c.get(span, "start", int, f"{sw}.start")
+        end = c.get(span, "end", int, f"{sw}.end")
+        label = c.get(span, "label", str, f"{sw}.label")
+        if label not in SPAN_LABELS:
+            raise c.fail(f"{sw}.label", f"expected one of {', '.join(SPAN_LABELS)}, got {_short(label)}")
+        if not sent_start <= start < end <= sent_end:
+            raise c.fail(sw, f"span [{start}, {end}) is not inside its sentence [{sent_start}, {sent_end})")
+    if spans and sent["label"] == "nofact":
+        raise c.fail(f"{where}.spans", "a nofact sentence states no fact, so it has no spans")
 
 
 def _validate_item(c: _Checker, obj: Record, side: str, required: bool) -> Record | None:
@@ -204,6 +229,12 @@ def validate_pair(obj: Record, path: str = "<input>", line: int | None = None) -
         _validate_item(c, obj, side, required=False)
     for key in ("chosen_score", "rejected_score"):
         c.get(obj, key, (int, float), required=False)
+    pairing = c.get(obj, "pairing", dict, required=False)
+    if pairing is not None:
+        for key, allowed in (("unit", PAIR_UNITS), ("nofact", NOFACT_POLICIES)):
+            value = c.get(pairing, key, str, f"pairing.{key}")
+            if value not in allowed:
+                raise c.fail(f"pairing.{key}", f"expected one of {', '.join(allowed)}, got {_short(value)}")
     return rec
 
 

@@ -40,31 +40,77 @@ LABEL_STYLE = {"ok": ("#c8ecc8", "ok (no hallucination)"), "nofact": ("#e4e4e4",
 # ---------------------------------------------------------------- the results table
 
 
-def _num(value: float | None, digits: int = 2) -> str:
+def num(value: float | None, digits: int = 2) -> str:
+    """A table cell: the value rounded, or "-" when there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+# Per evaluated answer (summary.json's per_answer): what a score cannot show, since filler
+# raises it while stating nothing; then the facts pooled over answers.
+PER_ANSWER_HEADERS = ["no fact / answer", "correct facts / answer", "incorrect facts / answer",
+                      "% atomic precision"]
+
+
+def per_answer_cells(s: dict[str, Any]) -> list[str]:
+    rates = s.get("per_answer") or {}
+    return [num(rates.get("nofact")), num(rates.get("facts_correct")), num(rates.get("facts_incorrect")),
+            num(s.get("atomic_fact_precision"))]
 
 
 def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) side by side; the first model is the baseline of the deltas."""
     best_of = sorted({int(n) for s in summaries for n in s.get("best_of", {})})
+    probe = any(s.get("probe_accuracy") is not None for s in summaries)
     headers = ["model", "questions", "reps", "# correct", "# incorrect", "empty", "% score", "sd",
-               "# no fact", "% fact precision"]
+               "# no fact", "% fact precision", *PER_ANSWER_HEADERS, *(["% probe"] if probe else [])]
     if len(summaries) > 1:
         headers.append(f"Δ vs {summaries[0]['name']}")
     headers += [f"best-of-{n}" for n in best_of]
     base = summaries[0].get("score") if summaries else None
     rows = []
     for s in summaries:
-        row = [s["name"], str(s["questions"]), str(s["replications"]), _num(s["correct"], 1),
-               _num(s["incorrect"], 1), _num(s.get("empty"), 1), _num(s["score"]), _num(s["score_sd"]),
+        row = [s["name"], str(s["questions"]), str(s["replications"]), num(s["correct"], 1),
+               num(s["incorrect"], 1), num(s.get("empty"), 1), num(s["score"]), num(s["score_sd"]),
                # a score can rise by saying less: these two tell stated facts from filler
-               _num((s.get("labels") or {}).get("nofact"), 1), _num(s.get("fact_precision"))]
+               num((s.get("labels") or {}).get("nofact"), 1), num(s.get("fact_precision")),
+               *per_answer_cells(s)]
+        if probe:
+            accuracy = s.get("probe_accuracy")
+            row.append(num(None if accuracy is None else 100 * accuracy))
         if len(summaries) > 1:
             delta = None if s["score"] is None or base is None else s["score"] - base
             row.append("-" if delta is None else f"{delta:+.2f}")
-        row += [_num(s.get("best_of", {}).get(str(n))) for n in best_of]
+        row += [num(s.get("best_of", {}).get(str(n))) for n in best_of]
         rows.append(row)
     return headers, rows
+
+
+def score_split(base: dict[str, Any], model: dict[str, Any]) -> dict[str, float] | None:
+    """How much of a score change comes from saying less, and how much from stating facts better.
+
+    With n no-fact, k ok and w wrong sentences (means over replications, labels in
+    summary.json), the score is S = (n + k) / (n + k + w) = f + (1 - f) p, where
+    f = n / (n + k + w) is the no-fact (filler) share and p = k / (k + w) the fact precision
+    of the sentences that state something. From base (f0, p0) to model (f1, p1), exactly:
+        S1 - S0 = (f1 - f0)(1 - (p0 + p1) / 2) + (p1 - p0)(1 - (f0 + f1) / 2)
+    The first term is the filler part, the second the precision part (each the change of one
+    factor at the other's midpoint; the two sum to the total). In points (x 100). None when
+    either model has no sentence, or no fact-stating sentence.
+    """
+    def shares(s: dict[str, Any]) -> tuple[float, float] | None:
+        labels = s.get("labels") or {}
+        n, k = labels.get("nofact", 0), labels.get("ok", 0)
+        w = labels.get("contradictory", 0) + labels.get("unverifiable", 0)
+        return None if n + k + w == 0 or k + w == 0 else (n / (n + k + w), k / (k + w))
+
+    before, after = shares(base), shares(model)
+    if before is None or after is None:
+        return None
+    (f0, p0), (f1, p1) = before, after
+    filler = 100 * (f1 - f0) * (1 - (p0 + p1) / 2)
+    precision = 100 * (p1 - p0) * (1 - (f0 + f1) / 2)
+    return {"total": filler + precision, "filler": filler, "precision": precision,
+            "filler_share": (100 * f0, 100 * f1), "fact_precision": (100 * p0, 100 * p1)}
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -348,7 +394,7 @@ def examples_page(examples: list[tuple[dict, list[dict]]]) -> str:
 def _training_table(runs: list[TrainingRun]) -> tuple[list[str], list[list[str]]]:
     headers = ["work dir", "steps", "final loss", "final reward acc", "final margin"]
     rows = [[r.name, str(r.steps[-1].get("step", len(r.steps)))]
-            + [_num(r.steps[-1].get(key), 4) for key, _ in TRAIN_METRICS] for r in runs]
+            + [num(r.steps[-1].get(key), 4) for key, _ in TRAIN_METRICS] for r in runs]
     return headers, rows
 
 
@@ -405,5 +451,6 @@ def run_report(inputs: list[str], out_dir: str) -> str:
     return str(out / "report.html")
 
 
-__all__ = ["run_report", "load_inputs", "results_table", "markdown_table", "print_table",
+__all__ = ["run_report", "load_inputs", "results_table", "num", "per_answer_cells", "PER_ANSWER_HEADERS",
+           "score_split", "markdown_table", "print_table",
            "read_train_log", "TrainingRun", "smooth", "example_answers", "coloured_answer", "examples_page"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from maskdpo_cli.reporting import score_split
+
 # The tier run by `make test-all` only: the whole demo, minutes on a CPU.
 pytestmark = pytest.mark.slow
 
@@ -36,6 +38,18 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path: Path):
         total = summary["correct"] + summary["incorrect"]
         assert abs(summary["score"] - 100 * summary["correct"] / total) < 1e-6
     assert (out / "report" / "report.html").stat().st_size > 1000
+    # Under the table, one line splits each score change into filler share and fact precision,
+    # parts that sum to the change, with the change in correct and incorrect facts per answer.
+    line = table.split("SMOKE RUN")[0].strip().splitlines()[-1]
+    assert line.startswith("Where the score change comes from") and "dpo vs base" in line and "maskdpo vs base" in line
+    assert "correct facts / answer" in line and "incorrect facts / answer" in line
+    summaries = {name: json.loads((out / name / "summary.json").read_text()) for name in ("base", "dpo", "maskdpo")}
+    for name in ("dpo", "maskdpo"):
+        split = score_split(summaries["base"], summaries[name])
+        change = summaries[name]["score"] - summaries["base"]["score"]
+        assert abs(split["filler"] + split["precision"] - change) < 1e-9
+        assert f"{name} vs base: {change:+.2f} points = {split['filler']:+.2f} from the filler share" in line
+        assert set(summaries[name]["per_answer"]) >= {"nofact", "facts_correct", "facts_incorrect"}
     for name in ("maskdpo", "dpo"):
         assert (out / "runs" / name / "hf" / "config.json").is_file()
 

@@ -210,3 +210,27 @@ def test_sampled_replications_are_reproducible_with_fixed_seeds(world, tiny_mode
     assert a["per_replication"][1] == {**b["per_replication"][0], "replication": 1}
     assert set(a["best_of"]) == {"1", "3"} and b["replications"] == 1
     assert all(len(texts) == 3 for texts in _texts(first / "samples.r0.jsonl"))
+
+
+def test_per_answer_counts_and_atomic_precision_cannot_be_raised_by_filler():
+    def facts(index: int, labels: list[str], good: int, bad: int) -> dict:
+        r = resp(index, labels)
+        r.update(facts=[], n_facts_supported=good, n_facts_unsupported=bad)
+        return r
+
+    # Two questions, two replications; the second replication pads every answer with filler.
+    rep0 = [rec("q1", facts(0, ["ok", "contradictory"], 2, 1)), rec("q2", facts(0, ["ok"], 1, 0))]
+    rep1 = [rec("q1", facts(0, ["nofact", "nofact", "ok", "contradictory"], 2, 1)),
+            rec("q2", facts(0, ["nofact", "ok"], 1, 0))]
+    s = summarize([rep0, rep1], name="m", model="m")
+    # means: nofact 1.5, ok 2, wrong 1, facts 3 correct / 1 incorrect, over 2 answers
+    assert s["per_answer"] == pytest.approx({"nofact": 0.75, "ok": 1.0, "wrong": 0.5,
+                                             "facts_correct": 1.5, "facts_incorrect": 0.5})
+    assert s["atomic_fact_precision"] == pytest.approx(75.0)
+    per_rep = [r["per_answer"] for r in s["per_replication"]]
+    assert [p["nofact"] for p in per_rep] == [0.0, 1.5]  # the filler shows...
+    assert per_rep[0]["facts_correct"] == per_rep[1]["facts_correct"] == 1.5  # ...and adds no fact
+    assert s["per_replication"][1]["score"] > s["per_replication"][0]["score"]  # while the score rises
+    # A sentence-level annotator: per-answer sentence counts, no fact figures.
+    plain = summarize([[rec("q1", resp(0, ["ok", "nofact"]))]], name="m", model="m")
+    assert plain["per_answer"] == {"nofact": 1.0, "ok": 1.0, "wrong": 0.0} and "atomic_fact_precision" not in plain

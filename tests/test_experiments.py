@@ -1,4 +1,5 @@
-"""experiments/: the three generalization studies run end to end (--quick) and write well-formed tables."""
+"""experiments/: the three generalization studies and the fact-level study run end to end (--quick) and
+write well-formed tables."""
 
 from __future__ import annotations
 
@@ -70,3 +71,56 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
     proc = _run(SCRIPTS["table6"], runs, tables)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "$ maskdpo train" not in proc.stderr and "$ maskdpo world" not in proc.stderr
+
+    _check_fact_level(runs, tables)  # on the same seed's world, policy and annotations
+
+
+ARMS = ["base", "dpo", "maskdpo", "maskdpo-neutral", "maskdpo-span", "maskdpo-span-neutral", "dpo-neutral"]
+
+
+def _check_fact_level(runs: Path, tables: Path) -> None:
+    proc = _run("fact_level.py", runs, tables)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tables / "fact_level.json").read_text())
+    assert data["seeds"] == [3] and list(data["per_seed"]) == ARMS
+    for arm in ARMS:
+        figures = data["per_seed"][arm]["3"]
+        assert set(figures) == set(data["metrics"])
+        assert 0.0 <= figures["probe"] <= 100.0 and 0.0 <= figures["score"] <= 100.0
+        assert figures["filler"] >= 0 and figures["correct_facts"] >= 0 and figures["incorrect_facts"] >= 0
+    # Paired differences are arm minus base, seed by seed; one seed has no interval.
+    diff = data["paired"]["base"]["maskdpo"]["probe"]
+    assert diff["mean"] == data["per_seed"]["maskdpo"]["3"]["probe"] - data["per_seed"]["base"]["3"]["probe"]
+    assert diff["low"] is None and diff["n"] == 1
+    # Without an interval the probe cannot be shown to rise, so no arm passes the bar on one seed.
+    assert set(data["verdict"]) == set(ARMS[1:]) and not any(v["knows_more"] for v in data["verdict"].values())
+    # Every arm trains on the same questions: the four pairings are cut to the ones all of them pair.
+    pairs = [{json.loads(line)["id"] for line in path.read_text().splitlines()}
+             for path in sorted((runs / "seed3" / "fact_level").glob("pairs.*.jsonl")) if ".all." not in path.name]
+    assert len(pairs) == 4 and all(p == pairs[0] for p in pairs) and pairs[0]
+    md = (tables / "fact_level.md").read_text()
+    assert "QUICK MODE" in md and "Paired differences against base" in md and "Knows more rather than says less" in md
+    png = (tables / "fact_level.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def test_fact_level_verdict_by_hand():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import fact_level
+
+    base = {"incorrect_facts": 2.0, "correct_facts": 2.0, "filler": 0.5, "probe": 50.0}
+    good = {"incorrect_facts": 1.7, "correct_facts": 1.96, "filler": 0.7, "probe": 52.0}  # -15%, 0.98, +0.2
+    values = {"base": {1: base, 2: base, 3: base},
+              "a": {1: good, 2: {**good, "probe": 53.0}, 3: {**good, "probe": 54.0}},
+              "b": {1: good, 2: {**good, "correct_facts": 1.9, "probe": 53.0}, 3: {**good, "probe": 54.0}},
+              "c": {1: good, 2: {**good, "probe": 47.0}, 3: {**good, "probe": 54.0}}}
+    seeds = [1, 2, 3]
+    a = fact_level.verdict(values, "a", seeds)
+    assert a["knows_more"] is True and json.loads(json.dumps(a)) == a  # plain JSON values
+    b = fact_level.verdict(values, "b", seeds)  # correct facts fall below 0.98 of base on seed 2
+    assert b["per_seed"]["2"]["correct_kept_98pct"] is False and b["knows_more"] is False
+    c = fact_level.verdict(values, "c", seeds)  # the probe rises on average, but its interval includes 0
+    assert all(c["on_every_seed"].values()) and c["probe_rises"] is False and c["knows_more"] is False
+    # probe differences 2, 3, 4: mean 3, sd 1, t(0.975, 2) = 4.303 -> 3 ± 2.484
+    interval = fact_level.paired(values, "a", "base", "probe", seeds)
+    assert interval["mean"] == pytest.approx(3.0) and interval["low"] == pytest.approx(3 - 4.302653 / 3 ** 0.5)

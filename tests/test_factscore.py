@@ -238,7 +238,10 @@ def perfect_splitter(messages: list[dict[str, str]]) -> str:
     if "Claim:" in prompt:
         return "True" if between(prompt, "Claim:", "\n\n") in prompt.split("Claim:")[0] else "False"
     entity = grammar.parse_question(between(prompt, "Question:\n", "\n\n"))
-    facts = grammar.parse(between(prompt, "Sentence:\n", "\n\n"))
+    sentence = between(prompt, "Sentence:\n", "\n\n")
+    facts = grammar.parse(sentence)
+    if facts is None:  # the oracle reads an off-grammar sentence as one claim, the sentence itself
+        return f"- {grammar.normalize(sentence)}"
     if not facts:
         return "<No Facts>"
     return "\n".join(f"- {grammar.fact_text(f.name or entity, f.attribute, f.value)}" for f in facts)

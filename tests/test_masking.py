@@ -405,3 +405,178 @@ def test_template_without_end_of_turn_is_refused(tok):
     bare = with_template(tok, "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
     with pytest.raises(MaskDPOError, match="end-of-turn"):
         tokenize_pair(bare, make_pair("Paris is big.", ["Paris is big."], [OK]))
+
+
+# ------------------------------------------------------------------ `pair --unit span`, `--nofact neutral`
+
+def annotated_response(index: int, sentences: list[tuple[str, str, list[tuple[str, str]]]], sep: str = " ") -> dict:
+    """A response from (sentence, label, [(value, span label), ...]); each value is found in order in its sentence."""
+    text, out = "", []
+    for sentence, label, values in sentences:
+        if text:
+            text += sep
+        start = len(text)
+        text += sentence
+        sent = {"start": start, "end": len(text), "text": sentence, "label": label}
+        pos, spans = start, []
+        for value, span_label in values:
+            at = text.index(value, pos)
+            spans.append({"start": at, "end": at + len(value), "label": span_label})
+            pos = at + len(value)
+        if spans:
+            sent["spans"] = spans
+        out.append(sent)
+    return {"index": index, "text": text, "sentences": out}
+
+
+# Several spans per sentence; a wrong value at a sentence's start ("1815") and at its very end ("Rome",
+# which ends the response); a long value split across tokens ("Quellingtonshire"); adjacent spans with
+# different labels ("1815", "-12", "-10" and "一位", "画家"); sentences without spans; Chinese without
+# spaces between sentences; filler.
+SPAN_RESPONSES = {
+    "en": (
+        annotated_response(0, [
+            ("1815 was the year Ada was born.", "contradictory", [("1815", "contradictory"), ("Ada", "ok")]),
+            ("She lived in Quellingtonshire.", "ok", [("Quellingtonshire", "ok")]),
+            ("Her birthday is 1815-12-10.", "contradictory", [("1815", "ok"), ("-12", "contradictory"), ("-10", "ok")]),
+            ("I hope this helps.", "nofact", []),
+        ]),
+        annotated_response(1, [
+            ("Ada was born in Paris.", "ok", []),
+            ("She painted in Quellingtonshire.", "unverifiable", [("Quellingtonshire", "unverifiable")]),
+            ("Many admire her.", "nofact", []),
+            ("Her home: Rome", "contradictory", [("Rome", "contradictory")]),
+        ]),
+    ),
+    "zh": (
+        annotated_response(0, [
+            ("阿达出生于伦敦，她是一位数学家。", "ok", [("伦敦", "ok"), ("数学家", "ok")]),
+            ("她住在巴黎。", "contradictory", [("巴黎", "contradictory")]),
+        ], sep=""),
+        annotated_response(1, [
+            ("阿达出生于罗马，她是一位画家。", "contradictory",
+             [("罗马", "contradictory"), ("一位", "ok"), ("画家", "contradictory")]),
+            ("我希望这有帮助。", "nofact", []),
+        ], sep=""),
+    ),
+}
+
+
+def expected_in_loss(resp: dict, side: str, nofact: str, start: int, end: int) -> bool:
+    """The brief's span rule, from the annotated sentences and character sets (not from the pair's pieces)."""
+    if start == end == len(resp["text"]):
+        return True  # the end-of-turn token
+    chars = set(range(start, max(end, start + 1)))
+    wrong, right, filler = set(), set(), set()
+    for sent in resp["sentences"]:
+        whole = set(range(sent["start"], sent["end"]))
+        if sent["label"] == "nofact":
+            (filler if nofact == "neutral" else right).update(whole)
+        elif "spans" in sent:
+            bad = {c for s in sent["spans"] if s["label"] != "ok" for c in range(s["start"], s["end"])}
+            wrong |= bad
+            right |= whole - bad
+        else:
+            (right if sent["label"] == "ok" else wrong).update(whole)
+    if chars & filler:
+        return False
+    if side == "chosen":
+        return not chars & wrong
+    return bool(chars & wrong) or not chars & right
+
+
+@pytest.fixture(scope="module")
+def corpus_tokenizer_dir(tmp_path_factory):
+    """A second real tokenizer: the world policy's byte-level BPE, trained here on text that shares the values."""
+    from maskdpo_cli.world.pretrain import build_tokenizer
+
+    # Not the test's own texts: their long values must stay split across tokens.
+    texts = ["Ada Lovelace was born in London in 1815. She lived in Paris. Her home is in Rome.",
+             "I hope this helps. Many people admire her. She painted in the year 1816.",
+             "她是一位数学家，住在伦敦。我希望这有帮助。"] * 20
+    out = tmp_path_factory.mktemp("corpus_tokenizer")
+    build_tokenizer(texts, vocab_size=400).save_pretrained(out)
+    (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return out
+
+
+def span_pairs_file(tmp_path, nofact: str = "correct"):
+    src = tmp_path / "annotated.jsonl"
+    src.write_text("".join(json.dumps({"id": lang, "question": "Who is Ada?", "responses": list(resps)},
+                                      ensure_ascii=False) + "\n" for lang, resps in SPAN_RESPONSES.items()),
+                   encoding="utf-8")
+    pairs = tmp_path / f"pairs_{nofact}.jsonl"
+    proc = subprocess.run([*MASKDPO, "pair", str(src), "--unit", "span", "--nofact", nofact, "-o", str(pairs)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return pairs
+
+
+def masks_json(pairs, model: str) -> list[dict]:
+    proc = subprocess.run([*MASKDPO, "masks", str(pairs), "--model", model, "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def value_tokens(tokens: list[dict], content: str, value: str, occurrence: int = 0) -> list[dict]:
+    at = -1
+    for _ in range(occurrence + 1):
+        at = content.index(value, at + 1)
+    return [t for t in tokens if t["start"] < at + len(value) and at < t["end"]]
+
+
+@pytest.mark.parametrize("nofact", ["correct", "neutral"])
+@pytest.mark.parametrize("model", ["smollm2", "corpus_bpe"])
+def test_span_masks_token_by_token_on_two_tokenizers(tmp_path, corpus_tokenizer_dir, model, nofact):
+    model_arg = "smollm2-135m-instruct" if model == "smollm2" else str(corpus_tokenizer_dir)
+    lines = masks_json(span_pairs_file(tmp_path, nofact), model_arg)
+    assert [line["id"] for line in lines] == ["en", "zh"]
+    for line in lines:
+        chosen, rejected = SPAN_RESPONSES[line["id"]]
+        for side, resp in (("chosen", chosen), ("rejected", rejected)):
+            tokens = line[side]["tokens"]
+            got = [t["in_loss"] for t in tokens]
+            assert got == [expected_in_loss(resp, side, nofact, t["start"], t["end"]) for t in tokens], side
+            assert got[-1] is True and tokens[-1]["start"] == len(resp["text"])
+    en_chosen, en_rejected = lines[0]["chosen"]["tokens"], lines[0]["rejected"]["tokens"]
+    text_c, text_r = SPAN_RESPONSES["en"][0]["text"], SPAN_RESPONSES["en"][1]["text"]
+    # A wrong value at the start: out of the chosen loss; the rest of its sentence ("Ada" included) stays in.
+    assert not any(t["in_loss"] for t in value_tokens(en_chosen, text_c, "1815"))
+    assert all(t["in_loss"] for t in value_tokens(en_chosen, text_c, " was the year Ada was born."))
+    # Adjacent spans: only the tokens touching "-12" are out of the chosen loss.
+    out = [t for t in value_tokens(en_chosen, text_c, "1815-12-10", 0) if not t["in_loss"]]
+    assert out == value_tokens(en_chosen, text_c, "-12")
+    # A value split across tokens: every piece of it, and nothing else of its sentence, is in the rejected loss.
+    split = value_tokens(en_rejected, text_r, "Quellingtonshire")
+    assert len(split) >= 2 and all(t["in_loss"] for t in split)
+    sentence = value_tokens(en_rejected, text_r, "She painted in Quellingtonshire.")
+    assert [t for t in sentence if t["in_loss"]] == split
+    # A wrong value at the very end: in the rejected loss, then the end-of-turn token.
+    assert all(t["in_loss"] for t in value_tokens(en_rejected, text_r, "Rome")) and en_rejected[-1]["in_loss"]
+    assert not any(t["in_loss"] for t in value_tokens(en_rejected, text_r, "Her home:"))
+    # The sentence without spans keeps the sentence rule; filler follows --nofact.
+    assert not any(t["in_loss"] for t in value_tokens(en_rejected, text_r, "Ada was born in Paris."))
+    filler_in = [t["in_loss"] for t in value_tokens(en_chosen, text_c, "I hope this helps.")]
+    assert set(filler_in) == ({True} if nofact == "correct" else {False})
+    # Chinese: the wrong values of the rejected side are its only content tokens in the loss.
+    zh_rejected, text_z = lines[1]["rejected"]["tokens"], SPAN_RESPONSES["zh"][1]["text"]
+    kept = [t for t in zh_rejected[:-1] if t["in_loss"]]
+    assert kept == value_tokens(zh_rejected, text_z, "罗马") + value_tokens(zh_rejected, text_z, "画家")
+
+
+def test_span_pair_without_the_pairing_field_keeps_the_sentence_rule(tok, tmp_path):
+    pair = json.loads(span_pairs_file(tmp_path).read_text().splitlines()[0])
+    with_field = tokenize_pair(tok, pair)
+    del pair["pairing"]
+    plain = tokenize_pair(tok, pair)
+    assert plain.chosen == with_field.chosen  # the chosen side is the same either way
+    # On the rejected side a token touching a wrong span and the text before it (" Rome") is the span's
+    # only in a span pair; the sentence rule masks it.
+    assert plain.rejected.loss_mask != with_field.rejected.loss_mask
+
+
+def test_masks_colored_view_names_the_pairing(tmp_path, capsys):
+    run_masks(str(span_pairs_file(tmp_path, "neutral")), "smollm2-135m-instruct", as_json=False)
+    out = capsys.readouterr().out
+    assert "by span, no-fact neutral" in out and "Her home: Rome" in out

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from maskdpo_cli.pairing import choose_pair
+from maskdpo_cli.pairing import Pairing, choose_pair, response_item
 
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 
@@ -101,3 +101,85 @@ def test_pair_command_bad_input_exits_2_without_output(tmp_path: Path):
     assert f"{src}:2: field 'responses[0].sentences[0].label'" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+# ------------------------------------------------------------------ --unit span, --nofact neutral
+
+def with_spans(resp: dict, sentence: int, spans: list[tuple[str, str]]) -> dict:
+    """Give one sentence fact spans: (value, label), each value found in order in the sentence."""
+    sent = resp["sentences"][sentence]
+    out, pos = [], sent["start"]
+    for value, label in spans:
+        start = resp["text"].index(value, pos)
+        out.append({"start": start, "end": start + len(value), "label": label})
+        pos = start + len(value)
+    sent["spans"] = out
+    return resp
+
+
+def test_span_unit_scores_by_spans_and_splits_sentences_into_pieces():
+    # Two facts in one sentence, one wrong: a half-right sentence, not a wrong one.
+    half = with_spans(response(0, [("Ada was born in Paris in 1815.", "contradictory"), ("Hi.", "nofact")]),
+                      0, [("Paris", "contradictory"), ("1815", "ok")])
+    wrong = response(1, [("Ada was born on Mars.", "unverifiable"), ("She is a ship.", "contradictory")])
+    paper, _ = choose_pair(record([half, wrong]))
+    assert paper["chosen_score"] == 0.5 and paper["pairing"] == {"unit": "sentence", "nofact": "correct"}
+    assert paper["chosen_item"]["sents"] == ["Ada was born in Paris in 1815.", "Hi."]
+    pair, _ = choose_pair(record([half, wrong]), Pairing(unit="span"))
+    assert pair["pairing"] == {"unit": "span", "nofact": "correct"}
+    assert pair["chosen_score"] == 2 / 3  # 1815 and the no-fact sentence, against Paris
+    item = pair["chosen_item"]
+    assert item["sents"] == ["Ada was born in ", "Paris", " in 1815.", "Hi."]
+    assert item["type"] == ["no_hallucination", "hallucination", "no_hallucination", "no_hallucination"]
+    assert [half["text"][s:e] for s, e in item["spans"]] == item["sents"]
+    # Sentences without spans keep the sentence rule.
+    assert pair["rejected_item"] == paper["rejected_item"]
+
+
+def test_touching_and_overlapping_wrong_spans_make_one_piece():
+    resp = with_spans(response(0, [("AB CD", "contradictory")]), 0, [("AB", "ok"), ("CD", "contradictory")])
+    resp["sentences"][0]["spans"].append({"start": 2, "end": 4, "label": "unverifiable"})
+    item = response_item(resp, Pairing(unit="span"))
+    assert item["sents"] == ["AB", " CD"] and item["type"] == ["no_hallucination", "hallucination"]
+
+
+def test_neutral_nofact_prefers_facts_over_filler():
+    filler = response(0, [("Ada is a fascinating person.", "nofact"), ("I hope this helps.", "nofact"),
+                          ("Ada was born in 1900.", "contradictory")])
+    facts = response(1, [("Ada was born in 1815.", "ok"), ("She lived in London.", "ok"),
+                         ("She was a ship.", "contradictory")])
+    paper, _ = choose_pair(record([filler, facts]))
+    assert (paper["chosen_index"], paper["rejected_index"]) == (0, 1)  # 2/3 vs 2/3: the earliest wins
+    filler["sentences"].append({"start": len(filler["text"]) + 1, "end": len(filler["text"]) + 4,
+                                "text": "Bye", "label": "nofact"})
+    filler["text"] += " Bye"
+    paper, _ = choose_pair(record([filler, facts]))
+    assert (paper["chosen_index"], paper["rejected_index"]) == (0, 1)  # 3/4 beats 2/3
+    neutral, _ = choose_pair(record([filler, facts]), Pairing(nofact="neutral"))
+    assert (neutral["chosen_index"], neutral["rejected_index"]) == (1, 0)  # 2/3 beats 0/1
+    assert neutral["rejected_score"] == 0.0 and neutral["chosen_score"] == 2 / 3
+    assert neutral["rejected_item"]["type"] == ["no_fact", "no_fact", "hallucination", "no_fact"]
+
+
+def test_neutral_nofact_never_chooses_a_response_without_facts():
+    all_filler = response(0, [("Hello.", "nofact"), ("Bye.", "nofact")])
+    mixed = response(1, [("Ada was born in 1815.", "ok"), ("She was a ship.", "contradictory")])
+    worse = response(2, [("She was a car.", "contradictory")])
+    assert choose_pair(record([all_filler, mixed, worse]))[0]["chosen_index"] == 0
+    pair, _ = choose_pair(record([all_filler, mixed, worse]), Pairing(nofact="neutral"))
+    assert (pair["chosen_index"], pair["rejected_index"]) == (1, 2)
+    assert choose_pair(record([all_filler, worse]), Pairing(nofact="neutral"))[1] == "too_few_with_facts"
+
+
+def test_pair_command_options_are_written_and_checked(tmp_path: Path):
+    src = tmp_path / "annotated.jsonl"
+    resp = with_spans(response(0, [("Ada was born in 1815.", "ok")]), 0, [("1815", "ok")])
+    src.write_text(json.dumps(record([resp, response(1, [("X.", "contradictory")])])) + "\n")
+    proc = subprocess.run(MASKDPO + ["pair", str(src), "--unit", "span", "--nofact", "neutral"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pairing"] == {"unit": "span", "nofact": "neutral"}
+    proc = subprocess.run(MASKDPO + ["pair", str(src), "--unit", "clause"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "unknown --unit 'clause': choose one of sentence, span" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

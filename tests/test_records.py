@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,63 @@ def test_annotated_offsets_must_slice_the_text():
         validate_annotated(annotated("One. Two.", [(0, 4, "ok"), (2, 9, "ok")]))
     with pytest.raises(InputError, match="label"):
         validate_annotated(annotated("One.", [(0, 4, "maybe")]))
+
+
+def with_spans(spans, label: str = "contradictory") -> dict:
+    """ "Ada was born in Paris. She paints." with fact spans on its first sentence [0, 22)."""
+    rec = annotated("Ada was born in Paris. She paints.", [(0, 22, label), (23, 34, "nofact")])
+    rec["responses"][0]["sentences"][0]["spans"] = spans
+    return rec
+
+
+SPAN_CASES = [
+    ([{"start": 16, "end": 25, "label": "ok"}], "sentences[0].spans[0]", "not inside its sentence [0, 22)"),
+    ([{"start": 16, "end": 16, "label": "ok"}], "sentences[0].spans[0]", "not inside its sentence"),
+    ([{"start": -1, "end": 3, "label": "ok"}], "sentences[0].spans[0]", "not inside its sentence"),
+    ([{"start": 16, "end": 21, "label": "nofact"}], "sentences[0].spans[0].label", "expected one of ok, contradictory"),
+    ([{"start": 16, "end": 21}], "sentences[0].spans[0].label", "missing"),
+    ([{"start": "16", "end": 21, "label": "ok"}], "sentences[0].spans[0].start", "expected an integer"),
+    ([[16, 21]], "sentences[0].spans[0]", "expected an object"),
+    ({"start": 16}, "sentences[0].spans", "expected a list"),
+]
+
+
+def test_sentence_spans_are_validated():
+    # Touching and overlapping spans are fine: quotes of two facts may share words.
+    good = [{"start": 0, "end": 3, "label": "ok"}, {"start": 16, "end": 21, "label": "contradictory"},
+            {"start": 13, "end": 21, "label": "unverifiable"}, {"start": 21, "end": 22, "label": "ok"}]
+    assert validate_annotated(with_spans(good))
+    for spans, field, message in SPAN_CASES:
+        with pytest.raises(InputError, match=re.escape(message)) as err:
+            validate_annotated(with_spans(spans))
+        assert err.value.field == f"responses[0].{field}"
+    nofact = with_spans([{"start": 16, "end": 21, "label": "ok"}], label="nofact")
+    with pytest.raises(InputError, match="a nofact sentence states no fact"):
+        validate_annotated(nofact)
+
+
+@pytest.mark.parametrize("case", range(len(SPAN_CASES)))
+def test_bad_spans_exit_2_naming_file_line_and_field(tmp_path, case):
+    spans, field, message = SPAN_CASES[case]
+    good = dict(with_spans([{"start": 16, "end": 21, "label": "contradictory"}]), id="q1")
+    src = tmp_path / "annotated.jsonl"
+    src.write_text(json.dumps(good) + "\n" + json.dumps(dict(with_spans(spans), id="q2")) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "maskdpo_cli.cli", "pair", str(src), "--unit", "span", "-o", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{src}:2: field 'responses[0].{field}'" in lines[0] and message in lines[0]
+    assert not out.exists()
+
+
+def test_pairing_field_is_validated():
+    assert validate_pair(pair_record(pairing={"unit": "span", "nofact": "neutral"}))
+    with pytest.raises(InputError, match="pairing.unit"):
+        validate_pair(pair_record(pairing={"unit": "clause", "nofact": "neutral"}))
+    with pytest.raises(InputError, match="pairing.nofact"):
+        validate_pair(pair_record(pairing={"unit": "span"}))
+    assert validate_pair(pair_record(rejected_item={"sents": ["C."], "type": ["no_fact"]}))
 
 
 def pair_record(**changes) -> dict:

@@ -145,3 +145,35 @@ def test_report_command_exit_code_2_for_a_missing_dir(tmp_path):
                            "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_score_split_parts_sum_exactly_to_the_score_change():
+    from maskdpo_cli.reporting import score_split
+
+    def labelled(nofact: float, ok: float, wrong: float) -> dict:
+        score = 100 * (nofact + ok) / (nofact + ok + wrong)
+        return {"labels": {"nofact": nofact, "ok": ok, "contradictory": wrong / 2, "unverifiable": wrong / 2},
+                "score": score}
+
+    base, padded, better = labelled(10, 30, 60), labelled(60, 30, 60), labelled(10, 50, 40)
+    for before, after in ((base, padded), (base, better), (padded, better)):
+        split = score_split(before, after)
+        assert split["filler"] + split["precision"] == pytest.approx(after["score"] - before["score"])
+        assert split["total"] == pytest.approx(after["score"] - before["score"])
+    # Filler alone: the precision of the fact-stating sentences is unchanged, so its part is 0.
+    assert score_split(base, padded)["precision"] == pytest.approx(0.0) and score_split(base, padded)["filler"] > 0
+    # Precision alone: the no-fact share is unchanged.
+    assert score_split(base, better)["filler"] == pytest.approx(0.0) and score_split(base, better)["precision"] > 0
+    assert score_split(base, labelled(5, 0, 0)) is None  # nothing stated: no precision to split by
+
+
+def test_results_table_shows_facts_per_answer_and_the_probe():
+    with_facts = {**_summary("b", 50.0), "per_answer": {"nofact": 0.5, "ok": 1.0, "wrong": 1.0,
+                                                        "facts_correct": 1.25, "facts_incorrect": 2.0},
+                  "atomic_fact_precision": 38.46, "probe_accuracy": 0.4}
+    headers, rows = results_table([_summary("a", 40.0), with_facts])
+    cells = dict(zip(headers, rows[1]))
+    assert (cells["no fact / answer"], cells["correct facts / answer"], cells["incorrect facts / answer"],
+            cells["% atomic precision"], cells["% probe"]) == ("0.50", "1.25", "2.00", "38.46", "40.00")
+    assert dict(zip(headers, rows[0]))["% probe"] == "-"  # a summary without a probe
+    assert "% probe" not in results_table([_summary("a", 40.0)])[0]

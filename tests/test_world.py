@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -212,7 +214,7 @@ def test_the_oracle_labels_every_claim_as_an_atomic_fact(world, oracle):
     verdicts = asyncio.run(oracle.judge(rec, sentences))
     assert [v.label for v in verdicts] == ["nofact", "unverifiable", "ok", "contradictory", "unverifiable"]
     assert [v.facts for v in verdicts] == [
-        (), (),
+        (), (Fact("Garbled words, not the grammar's.", False),),
         (Fact(f"{name} speaks {facts['language']}.", True),),
         (Fact(f"{name} was born in {facts['birthplace']}.", True), Fact(f"{name} was born in {wrong_year}.", False),
          Fact(f"{name} works as {grammar.article(facts['occupation'])} {facts['occupation']}.", True)),
@@ -222,3 +224,112 @@ def test_the_oracle_labels_every_claim_as_an_atomic_fact(world, oracle):
     for fact in verdicts[3].facts:
         (parsed,) = grammar.parse(fact.text)
         assert parsed.name == name
+
+
+# ------------------------------------------------------------------ fact spans
+
+def marked_render(template: str, e: dict, facts: dict, use_name: bool) -> tuple[str, list[tuple[int, int]]]:
+    """The sentence and where its values stand, found by rendering the values between markers (not by parsing)."""
+    marked = grammar.render(template, e["name"], e["gender"], {k: f"\x01{v}\x02" for k, v in facts.items()},
+                            use_name=use_name)
+    # The article is chosen from the value's first letter, which the marker hides.
+    marked = re.sub(r"\ba (\x01[aeiou])", r"an \1", marked)
+    spans, plain = [], ""
+    for piece in re.split(r"(\x01[^\x02]*\x02)", marked):
+        if piece.startswith("\x01"):
+            spans.append((len(plain), len(plain) + len(piece) - 2))
+            piece = piece[1:-1]
+        plain += piece
+    return plain, spans
+
+
+def other_values(world: dict, e: dict) -> dict[str, str]:
+    """A wrong value per attribute: another entity's, or the year plus 100."""
+    out = {"birth_year": str(int(e["facts"]["birth_year"]) + 100)}
+    for attr in set(e["facts"]) - set(out):
+        out[attr] = next(x["facts"][attr] for x in world["entities"]
+                         if x["facts"].get(attr, e["facts"][attr]) != e["facts"][attr])
+    return out
+
+
+@pytest.mark.parametrize("use_name", [True, False])
+def test_oracle_spans_are_exactly_the_stated_values(world, oracle, use_name):
+    e = full_entity(world)
+    wrong = other_values(world, e)
+    for attrs, template in grammar.FACT_TEMPLATES:
+        # The true sentence, then each of its values corrupted in turn.
+        for corrupt in (None, *attrs):
+            facts = dict(e["facts"], **({corrupt: wrong[corrupt]} if corrupt else {}))
+            sentence, expected = marked_render(template, e, facts, use_name)
+            verdict = oracle.judge_sentence(sentence, e["name"])
+            got = [(s.start, s.end) for s in verdict.spans]
+            assert got == expected, sentence
+            assert [sentence[a:b] for a, b in got] == [facts[a] for a in attrs]
+            assert [s.label for s in verdict.spans] == ["contradictory" if a == corrupt else "ok" for a in attrs]
+
+
+def test_spans_stay_exact_when_whitespace_is_irregular(world, oracle):
+    e = full_entity(world)
+    f = e["facts"]
+    sentence = f"She  was born in\n {f['birthplace']}   in {f['birth_year']}."
+    verdict = oracle.judge_sentence(sentence, e["name"])
+    assert verdict.label == "ok"
+    assert [sentence[s.start:s.end] for s in verdict.spans] == [f["birthplace"], f["birth_year"]]
+
+
+def test_a_sentence_outside_the_grammar_is_one_unsupported_fact_spanning_it(world, oracle):
+    e = full_entity(world)
+    sentence = f"{e['name']}'s best known work is not {e['facts']['known_for']}."
+    verdict = oracle.judge_sentence(sentence, e["name"])
+    assert verdict.label == "unverifiable"
+    assert [(f.text, f.supported) for f in verdict.facts] == [(sentence, False)]
+    assert [(s.start, s.end, s.label) for s in verdict.spans] == [(0, len(sentence), "unverifiable")]
+    filler = grammar.render(grammar.FILLER_TEMPLATES[0], e["name"], e["gender"], e["facts"])
+    assert oracle.judge_sentence(filler, e["name"]).spans is None
+
+
+def annotate_texts(oracle, entity: str, texts: list[str]) -> list[dict]:
+    from maskdpo_cli.annotation import annotate_record
+    from maskdpo_cli.records import validate_annotated
+
+    record = {"id": "q", "entity": entity, "question": f"Who is {entity}?",
+              "responses": [{"index": i, "text": t} for i, t in enumerate(texts)]}
+    return validate_annotated(asyncio.run(annotate_record(record, oracle)))["responses"]
+
+
+def test_annotated_corpus_answers_carry_exact_spans_and_a_corrupted_value_is_the_one_wrong_span(
+        world_dir, world, oracle):
+    entities = {e["name"]: e for e in world["entities"]}
+    examples = [ex for _, ex in read_jsonl(world_dir / "corpus.jsonl")][:24]
+    n_spans = n_corrupted = 0
+    for ex in examples:
+        e = entities[ex["entity"]]
+        (resp,) = annotate_texts(oracle, e["name"], [ex["text"]])
+        spans = []
+        for i, sent in enumerate(resp["sentences"]):
+            n_facts = sum(f["sentence"] == i for f in resp["facts"])
+            assert len(sent.get("spans", [])) == n_facts
+            assert sent["label"] in ("ok", "nofact")
+            for span in sent.get("spans", []):
+                assert span["label"] == "ok" and ex["text"][span["start"]:span["end"]] in e["facts"].values()
+                spans.append(span)
+        n_spans += len(spans)
+        # Corrupt the first stated value the world can contradict (another entity's city, or the year + 100).
+        first = next((s for s in spans if ex["text"][s["start"]:s["end"]] in
+                      (e["facts"]["birthplace"], e["facts"]["birth_year"])), None)
+        if first is None:
+            continue
+        value = ex["text"][first["start"]:first["end"]]
+        attr = "birthplace" if value == e["facts"]["birthplace"] else "birth_year"
+        new = other_values(world, e)[attr]
+        text = ex["text"][:first["start"]] + new + ex["text"][first["end"]:]
+        (bad,) = annotate_texts(oracle, e["name"], [text])
+        got = [s for sent in bad["sentences"] for s in sent.get("spans", [])]
+        shift = len(new) - len(value)
+        expected = [dict(s, end=s["end"] + shift, label="contradictory") if s is first else
+                    dict(s, start=s["start"] + shift * (s["start"] > first["start"]),
+                         end=s["end"] + shift * (s["start"] > first["start"])) for s in spans]
+        assert got == expected
+        assert text[got[spans.index(first)]["start"]:got[spans.index(first)]["end"]] == new
+        n_corrupted += 1
+    assert n_spans > 50 and n_corrupted > 10

@@ -13,8 +13,9 @@ facts are checked against world.json. Decisions, all of them:
 - A fact about a name the world does not know, a fact about an attribute the world has no
   value for (entities without a known residence or language), or a pronoun with no entity
   to resolve to: `unverifiable`.
-- Text the grammar cannot parse (garbled, truncated mid-template, off-grammar) looks
-  like an attempt at a fact that cannot be checked: `unverifiable`. No other heuristics.
+- Text the grammar cannot parse (garbled, truncated mid-template, off-grammar: "X's best
+  known work is not the fountain.") looks like an attempt at a fact that cannot be
+  checked: `unverifiable`. No other heuristics.
 - Pronouns (she/he/her/his/him) resolve to the entity the question asks about: the
   record's "entity" key when present (world questions carry it), else the name parsed
   from the question with the world's question templates. The pronoun's gender is not
@@ -28,9 +29,14 @@ supported when it is true of its entity (unknown names, missing attributes and
 unresolved pronouns are not supported). A fact's text is the attribute's canonical
 template about the entity named in full (pronouns resolved; "This person" when nobody
 resolves), i.e. the very sentence a reference document holds when the fact is true. A
-sentence that states no fact (filler, empty) and one the grammar cannot parse have no
-facts: the oracle cannot split what it cannot read, so garble weighs on the sentence
-score but not on the fact score.
+sentence that states no fact (filler, empty) has no facts. A sentence the grammar cannot
+parse is one unsupported fact, the sentence itself: the oracle cannot split what it
+cannot read, but it must not let an unreadable claim vanish from the fact scores.
+
+Spans, exactly: every fact has one, the characters of its value in the sentence as
+given ("Vale", "1901", "stone carver" without its article, "the fountain" with its
+own), labelled ok, contradictory or unverifiable as the fact checks. The unparsable
+sentence's one fact spans the whole sentence, unverifiable. Filler has no span.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from maskdpo_cli.annotators.base import Fact, Verdict
+from maskdpo_cli.annotators.base import Fact, Span, Verdict
 from maskdpo_cli.world import grammar
 from maskdpo_cli.world.generator import load_world
 
@@ -80,25 +86,24 @@ class WorldAnnotator:
         # Pure computation, microseconds per sentence: no reason to leave the event loop.
         return self.verdicts(record, sentences)
 
-    def label_sentence(self, sentence: str, entity: str | None) -> str:
-        return self.judge_sentence(sentence, entity).label
-
     def judge_sentence(self, sentence: str, entity: str | None) -> Verdict:
         if not _HAS_CONTENT.search(sentence):
             return Verdict("nofact", ())
         facts = grammar.parse(sentence)
         if facts is None:
-            return Verdict("unverifiable", ())
+            return Verdict("unverifiable", (Fact(grammar.normalize(sentence), False),),
+                           (Span(0, len(sentence), "unverifiable"),))
         if not facts:
             return Verdict("nofact", ())
         verdicts = [self._check(f, entity) for f in facts]
         atomic = tuple(Fact(grammar.fact_text(f.name or entity or "This person", f.attribute, f.value), v == "ok")
                        for f, v in zip(facts, verdicts))
+        spans = tuple(Span(*f.span, v) for f, v in zip(facts, verdicts))
         if "contradictory" in verdicts:
-            return Verdict("contradictory", atomic)
+            return Verdict("contradictory", atomic, spans)
         if "unverifiable" in verdicts:
-            return Verdict("unverifiable", atomic)
-        return Verdict("ok", atomic)
+            return Verdict("unverifiable", atomic, spans)
+        return Verdict("ok", atomic, spans)
 
     def _check(self, fact: grammar.Fact, entity: str | None) -> str:
         name = fact.name or entity

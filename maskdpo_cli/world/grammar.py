@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 ATTRIBUTES = ("birthplace", "birth_year", "occupation", "known_for", "residence", "language")
@@ -92,11 +92,16 @@ _PRONOUN_PATTERNS = {"S": r"[Ss]he|[Hh]e", "P": r"[Hh]er|[Hh]is", "O": r"[Hh]er|
 
 @dataclass(frozen=True)
 class Fact:
-    """One claim parsed from a sentence. `name` is None when the subject is a pronoun."""
+    """One claim parsed from a sentence. `name` is None when the subject is a pronoun.
+
+    `span` is where the value stands in the sentence exactly as it was given to `parse`
+    (before whitespace was collapsed): sentence[start:end] is the value's characters.
+    """
 
     name: str | None
     attribute: str
     value: str
+    span: tuple[int, int] | None = field(default=None, compare=False)
 
 
 def article(word: str) -> str:
@@ -169,6 +174,16 @@ def _subject(match: re.Match[str]) -> str | None:
     return None
 
 
+def _original_positions(sentence: str) -> list[int]:
+    """For each character of normalize(sentence), its index in `sentence` (a collapsed gap: its first character)."""
+    positions: list[int] = []
+    for word in re.finditer(r"\S+", sentence):
+        if positions:
+            positions.append(word.start() - 1)
+        positions.extend(range(word.start(), word.end()))
+    return positions
+
+
 def parse(sentence: str) -> list[Fact] | None:
     """The facts a sentence states; [] for a filler sentence; None when the grammar has no parse."""
     text = normalize(sentence)
@@ -177,7 +192,10 @@ def parse(sentence: str) -> list[Fact] | None:
         m = pattern.fullmatch(text)
         if m:
             name = _subject(m)
-            return [Fact(name, attr, m.group(attr)) for attr in attrs]
+            # A value starts and ends with a non-space character, so both ends map back exactly.
+            where = _original_positions(sentence)
+            return [Fact(name, attr, m.group(attr), (where[m.start(attr)], where[m.end(attr) - 1] + 1))
+                    for attr in attrs]
     if any(p.fullmatch(text) for p in filler_patterns):
         return []
     return None
