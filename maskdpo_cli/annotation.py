@@ -215,8 +215,11 @@ def _labelled(sentence: Sentence, verdict: Verdict) -> Record:
     """The annotated sentence; its fact spans, when the annotator gave them, shifted into the response's frame."""
     out: Record = {"start": sentence.start, "end": sentence.end, "text": sentence.text, "label": verdict.label}
     if verdict.spans:
-        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label}
+        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label,
+                         **({} if span.blurred is None else {"blurred": span.blurred})}
                         for span in verdict.spans]
+    if verdict.blurred is not None:
+        out["blurred"] = verdict.blurred
     return out
 
 

@@ -34,6 +34,7 @@ class Span:
     start: int
     end: int
     label: str  # one of records.SPAN_LABELS
+    blurred: bool | None = None  # a wrong value that is true of a near topic's entity (the world oracle)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Verdict:
     label: str
     facts: tuple[Fact, ...] | None = None
     spans: tuple[Span, ...] | None = None
+    blurred: bool | None = None  # a wrong sentence with a blurred span (the world oracle)
 
 
 class Annotator(Protocol):
