@@ -453,7 +453,9 @@ def test_out_of_range_options_are_refused(tmp_path):
         make_world(5, str(tmp_path / "a"), kinds=4, **KINDS_SIZE)
     with pytest.raises(MaskDPOError, match="--questions-per-topic 6"):
         make_world(5, str(tmp_path / "b"), questions_per_entity=6, **KINDS_SIZE)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(MaskDPOError, match="at least 6 topics"):
+        make_world(5, str(tmp_path / "c"), kinds=3, **dict(KINDS_SIZE, n_topics=5))
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 ALL_TEMPLATES = [(k.name, i) for k in grammar.KINDS.values() for i in range(len(k.fact_templates))]

@@ -296,6 +296,9 @@ def make_world(seed: int, out_dir: str, *, n_topics: int | None = None, entities
     if not 1 <= kinds <= MAX_KINDS:
         raise MaskDPOError(f"--kinds {kinds}: a world has 1 to {MAX_KINDS} kinds of entity "
                            f"({', '.join(grammar.KINDS)})")
+    if kinds > 1 and size["n_topics"] < 2 * kinds:  # two topics of each kind per region
+        raise MaskDPOError(f"--kinds {kinds} needs at least {2 * kinds} topics (two of each kind), "
+                           f"got {size['n_topics']}")
     kind_names = list(grammar.KINDS)[:kinds]
     if not 1 <= questions_per_entity <= max_questions_per_entity(kind_names):
         raise MaskDPOError(f"--questions-per-topic {questions_per_entity}: between 1 and "
