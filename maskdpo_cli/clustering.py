@@ -7,6 +7,13 @@ a cluster's only member is by definition the nearest one). The training records 
 falls in each half are written unchanged to near.jsonl and far.jsonl, with random.jsonl, a
 seeded random subset of the training records as large as near.jsonl, as the control.
 
+With `equal_sizes` (`maskdpo cluster --equal-sizes`) the three splits hold the same number
+of records, so that near vs far compares where the data comes from and not how much of it
+there is: the larger half gives up the records of its least typical topics (near: the
+farthest; far: the nearest, by distance to their centroid; a topic's records in file
+order), down to the smaller half's size, and random draws that many. The default keeps
+the paper's halves, split by topics, whatever their record counts.
+
 Topic embeddings (`embed_texts`): the topic text alone, no chat template, through the
 model's base (the decoder without the LM head); the last layer's hidden states, which in
 HF decoders are taken after the final norm, are mean-pooled over the text's real tokens,
@@ -69,6 +76,12 @@ def split_halves(clusters: np.ndarray, distances: np.ndarray) -> list[str]:
         for rank, row in enumerate(ordered):
             halves[row] = "near" if rank < n_near else "far"
     return halves
+
+
+def keep_by_distance(distances: list[float], n: int, nearest: bool) -> list[int]:
+    """Indices of the n rows to keep, nearest (or farthest) first, ties in row order; returned in row order."""
+    order = sorted(range(len(distances)), key=lambda i: distances[i] if nearest else -distances[i])
+    return sorted(order[:n])
 
 
 # ---------------------------------------------------------------- records and topics
@@ -184,7 +197,7 @@ def cluster_topics(train_topics: list[str], test_topics: list[str], train_vector
 
 
 def run_cluster(model: str, train: str, test: str, out_dir: str, *, embedder: str | None = None,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, equal_sizes: bool = False) -> dict[str, Any]:
     """Write near/far/random splits of the training records and the assignment; return a summary."""
     train_rows = read_topic_records(train)
     test_rows = read_topic_records(test)
@@ -203,6 +216,13 @@ def run_cluster(model: str, train: str, test: str, out_dir: str, *, embedder: st
     half_of = {row.topic: row.half for row in rows}
 
     splits = {half: [rec for rec, topic in train_rows if half_of[topic] == half] for half in ("near", "far")}
+    if equal_sizes:
+        distance_of = {row.topic: row.distance for row in rows}
+        n = min(len(splits["near"]), len(splits["far"]))
+        for half in ("near", "far"):
+            distances = [distance_of[topic] for _, topic in train_rows if half_of[topic] == half]
+            keep = keep_by_distance(distances, n, nearest=half == "near")
+            splits[half] = [splits[half][i] for i in keep]
     picked = sorted(random.Random(seed).sample(range(len(train_rows)), len(splits["near"])))
     splits["random"] = [train_rows[i][0] for i in picked]
     for name, records in splits.items():
@@ -240,5 +260,5 @@ def print_cluster_table(rows: list[Assignment], test_topics: list[str]) -> None:
     print_table("clusters (one per test topic)", headers, table)
 
 
-__all__ = ["Assignment", "assign", "split_halves", "topic_of", "read_topic_records", "resolve_embedder",
+__all__ = ["Assignment", "assign", "split_halves", "keep_by_distance", "topic_of", "read_topic_records", "resolve_embedder",
            "embed_texts", "cluster_topics", "run_cluster", "MINILM_ALIAS"]

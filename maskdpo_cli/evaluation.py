@@ -63,6 +63,7 @@ from maskdpo_cli.jsonl import atomic_output, display_name, output_dir, write_jso
 from maskdpo_cli.progress import stderr
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, read_records, sentence_counts
 from maskdpo_cli.reporting import RESULTS, SUMMARY, num, markdown_table, print_table, results_table
+from maskdpo_cli.world.blur import blur_summary
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
@@ -209,6 +210,8 @@ def summarize(replicas: list[list[Record]], *, name: str, model: str, best_of: l
                                "per_topic": per_topic(replicas, fact_replicas, gamma)}
     if "facts_correct" in overall:
         summary["atomic_fact_precision"] = percent(overall["facts_correct"], overall["facts_incorrect"])
+    # The world oracle's blur marks (world/blur.py): wrong facts that are a near topic's true values.
+    summary.update(blur_summary([[evaluated(rec) for rec in records] for records in replicas]) or {})
     if gamma:
         summary["fact_length_penalty"] = gamma
     if best_of:

@@ -153,6 +153,7 @@ def validate_annotated(obj: Record, path: str = "<input>", line: int | None = No
                 raise c.fail(sw, f"span [{start}, {end}) overlaps the previous sentence")
             if text[start:end] != stext:
                 raise c.fail(f"{sw}.text", "does not equal the response text at [start, end)")
+            c.get(sent, "blurred", bool, f"{sw}.blurred", required=False)  # the world oracle's blur mark
             _validate_spans(c, sent, sw, start, end)
             previous_end = end
     return rec
@@ -168,6 +169,7 @@ def _validate_spans(c: _Checker, sent: Record, where: str, sent_start: int, sent
         start = c.get(span, "start", int, f"{sw}.start")
         end = c.get(span, "end", int, f"{sw}.end")
         label = c.get(span, "label", str, f"{sw}.label")
+        c.get(span, "blurred", bool, f"{sw}.blurred", required=False)
         if label not in SPAN_LABELS:
             raise c.fail(f"{sw}.label", f"expected one of {', '.join(SPAN_LABELS)}, got {_short(label)}")
         if not sent_start <= start < end <= sent_end:

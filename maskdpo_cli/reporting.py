@@ -57,12 +57,18 @@ def per_answer_cells(s: dict[str, Any]) -> list[str]:
             num(s.get("atomic_fact_precision"))]
 
 
+# The world oracle's blur marks: wrong facts that are a near topic's true values (world/blur.py).
+BLUR_HEADERS = ["# blurred", "% blurred of incorrect facts"]
+
+
 def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) side by side; the first model is the baseline of the deltas."""
     best_of = sorted({int(n) for s in summaries for n in s.get("best_of", {})})
     probe = any(s.get("probe_accuracy") is not None for s in summaries)
+    blur = any("n_blurred" in s for s in summaries)
     headers = ["model", "questions", "reps", "# correct", "# incorrect", "empty", "% score", "sd",
-               "# no fact", "% fact precision", *PER_ANSWER_HEADERS, *(["% probe"] if probe else [])]
+               "# no fact", "% fact precision", *PER_ANSWER_HEADERS, *(["% probe"] if probe else []),
+               *(BLUR_HEADERS if blur else [])]
     if len(summaries) > 1:
         headers.append(f"Δ vs {summaries[0]['name']}")
     headers += [f"best-of-{n}" for n in best_of]
@@ -77,6 +83,8 @@ def results_table(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list
         if probe:
             accuracy = s.get("probe_accuracy")
             row.append(num(None if accuracy is None else 100 * accuracy))
+        if blur:
+            row += [num(s.get("n_blurred"), 1), num(s.get("blurred_share"))]
         if len(summaries) > 1:
             delta = None if s["score"] is None or base is None else s["score"] - base
             row.append("-" if delta is None else f"{delta:+.2f}")

@@ -92,6 +92,43 @@ def test_run_cluster_writes_near_far_random_and_the_assignment(tmp_path, monkeyp
     assert summary["near"] == 4 and summary["far"] == 3 and summary["test_topics"] == 2
 
 
+def test_keep_by_distance_keeps_the_nearest_or_the_farthest_in_row_order():
+    distances = [3.0, 1.0, 2.0, 1.0, 5.0]
+    assert clustering.keep_by_distance(distances, 3, nearest=True) == [1, 2, 3]
+    assert clustering.keep_by_distance(distances, 2, nearest=False) == [0, 4]
+    assert clustering.keep_by_distance(distances, 0, nearest=True) == []
+    assert clustering.keep_by_distance(distances, 9, nearest=False) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("far_heavy", [False, True])
+def test_equal_sizes_gives_near_far_and_random_the_same_number_of_records(tmp_path, monkeypatch, far_heavy):
+    table = {"alpha": [0.0, 0.0], "beta": [10.0, 0.0],
+             "a1": [1.0, 0.0], "a2": [2.0, 0.0], "a3": [3.0, 0.0], "a4": [0.0, 4.0],
+             "b1": [9.0, 0.0], "b2": [12.0, 0.0]}
+    monkeypatch.setattr(clustering, "resolve_embedder", lambda embedder, model: (Path("x"), True))
+    monkeypatch.setattr(clustering, "embed_texts", lambda texts, path, causal: np.array([table[t] for t in texts]))
+    # near topics: a1 (1), a2 (2), b1 (1); far: a3 (3), a4 (4), b2 (2).
+    topics = ["a1", "a2", "a3", "a4", "b1", "b2", "a1", "a2"] + (["a4", "b2", "a3", "a4", "a3"] if far_heavy else [])
+    train = [{"id": f"q{i}", "topic": t, "question": "?"} for i, t in enumerate(topics)]
+    test = [{"id": "t1", "question": "?", "topic": "alpha"}, {"id": "t2", "question": "?", "topic": "beta"}]
+    out = tmp_path / "clusters"
+    summary = run_cluster("m", _write(tmp_path / "train.jsonl", train), _write(tmp_path / "test.jsonl", test),
+                          str(out), seed=3, equal_sizes=True)
+    read = lambda name: [json.loads(line)["id"] for line in (out / name).read_text().splitlines()]  # noqa: E731
+    if far_heavy:  # 5 near records; far (8) keeps its farthest: a4 (4) x3, then a3 (3) x2 of 3, in file order
+        assert read("near.jsonl") == ["q0", "q1", "q4", "q6", "q7"]
+        assert read("far.jsonl") == ["q2", "q3", "q8", "q10", "q11"]
+    else:  # 3 far records; near (5) keeps its nearest: a1 (1) and b1 (1), ties in file order
+        assert read("near.jsonl") == ["q0", "q4", "q6"]
+        assert read("far.jsonl") == ["q2", "q3", "q5"]
+    n = len(read("near.jsonl"))
+    assert len(read("far.jsonl")) == len(read("random.jsonl")) == n
+    assert summary["near"] == summary["far"] == summary["random"] == n
+    # Without the option, the paper's halves by topic, whatever their sizes.
+    run_cluster("m", str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl"), str(tmp_path / "halves"), seed=3)
+    assert len((tmp_path / "halves" / "near.jsonl").read_text().splitlines()) == 5
+
+
 def test_topics_of_pairs_fall_back_to_the_last_user_message(tmp_path):
     pair = {"id": "p", "prompt": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
                                   {"role": "user", "content": "Tell me about Zed."}],

@@ -40,6 +40,7 @@ class Span:
     start: int
     end: int
     label: str  # ok | contradictory | unverifiable: the fact's verdict
+    blurred: bool | None = None  # a wrong value that is true of a near topic's entity (the world oracle)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Verdict:
     facts: tuple[Fact, ...] | None = None
     spans: tuple[Span, ...] | None = None
     unplaced: int = 0
+    blurred: bool | None = None  # a wrong sentence with a blurred span (the world oracle)
 
 
 class Annotator(Protocol):

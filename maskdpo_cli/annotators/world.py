@@ -37,6 +37,13 @@ Spans, exactly: every fact has one, the characters of its value in the sentence 
 given ("Vale", "1901", "stone carver" without its article, "the fountain" with its
 own), labelled ok, contradictory or unverifiable as the fact checks. The unparsable
 sentence's one fact spans the whole sentence, unverifiable. Filler has no span.
+
+Blur (world/affinity.py): every wrong span (contradictory or unverifiable) carries
+`blurred`, true when its value is the true value of some entity of a topic near its
+entity's topic (the paper's hypothesis: the model said a look-alike's fact). A value about
+an unknown name, or an unparsable sentence, cannot be placed: not blurred. A wrong
+sentence is blurred when one of its spans is. Correct sentences and spans carry no flag.
+The oracle parses with the templates of the kinds the world holds (people, ships, inns).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from typing import Any
 
 from maskdpo_cli.annotators.base import Fact, Span, Verdict
 from maskdpo_cli.world import grammar
-from maskdpo_cli.world.generator import load_world
+from maskdpo_cli.world.affinity import near_values
+from maskdpo_cli.world.generator import load_world, world_kinds
 
 _HAS_CONTENT = re.compile(r"[A-Za-z0-9]")
 
@@ -63,6 +71,10 @@ class WorldAnnotator:
         world = load_world(world_dir)
         self.seed = world["seed"]
         self.facts: dict[str, dict[str, str]] = {e["name"]: e["facts"] for e in world["entities"]}
+        self.kinds = world_kinds(world)
+        near = near_values(world)
+        # entity name -> the values a blurred answer about it would say (its near topics' values)
+        self.near: dict[str, set[str]] = {e["name"]: near[e["topic_id"]] for e in world["entities"]}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "world": self.world_dir, "seed": self.seed, "entities": len(self.facts)}
@@ -73,7 +85,7 @@ class WorldAnnotator:
         if isinstance(name, str) and name:
             return name
         question = record.get("question")
-        return grammar.parse_question(question) if isinstance(question, str) else None
+        return grammar.parse_question(question, self.kinds) if isinstance(question, str) else None
 
     def label(self, record: dict[str, Any], sentences: list[str]) -> list[str]:
         return [v.label for v in self.verdicts(record, sentences)]
@@ -89,21 +101,28 @@ class WorldAnnotator:
     def judge_sentence(self, sentence: str, entity: str | None) -> Verdict:
         if not _HAS_CONTENT.search(sentence):
             return Verdict("nofact", ())
-        facts = grammar.parse(sentence)
+        facts = grammar.parse(sentence, self.kinds)
         if facts is None:
             return Verdict("unverifiable", (Fact(grammar.normalize(sentence), False),),
-                           (Span(0, len(sentence), "unverifiable"),))
+                           (Span(0, len(sentence), "unverifiable", False),), False)
         if not facts:
             return Verdict("nofact", ())
         verdicts = [self._check(f, entity) for f in facts]
         atomic = tuple(Fact(grammar.fact_text(f.name or entity or "This person", f.attribute, f.value), v == "ok")
                        for f, v in zip(facts, verdicts))
-        spans = tuple(Span(*f.span, v) for f, v in zip(facts, verdicts))
+        spans = tuple(Span(*f.span, v, None if v == "ok" else self.is_blurred(f, entity))
+                      for f, v in zip(facts, verdicts))
+        blurred = any(s.blurred for s in spans)
         if "contradictory" in verdicts:
-            return Verdict("contradictory", atomic, spans)
+            return Verdict("contradictory", atomic, spans, blurred)
         if "unverifiable" in verdicts:
-            return Verdict("unverifiable", atomic, spans)
+            return Verdict("unverifiable", atomic, spans, blurred)
         return Verdict("ok", atomic, spans)
+
+    def is_blurred(self, fact: grammar.Fact, entity: str | None) -> bool:
+        """Whether a wrong fact's value is true of an entity of a topic near its entity's (see the docstring)."""
+        name = fact.name or entity
+        return grammar.normalize(fact.value) in self.near.get(name or "", ())
 
     def _check(self, fact: grammar.Fact, entity: str | None) -> str:
         name = fact.name or entity

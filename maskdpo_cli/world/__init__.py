@@ -1,7 +1,9 @@
 """The embedded world: fictional people, a biography corpus, a tiny policy, an exact oracle.
 
 generator.py makes the world, grammar.py renders and parses its sentences, pretrain.py
-trains its policy; the oracle is maskdpo_cli.annotators.world.WorldAnnotator.
+trains its policy; the oracle is maskdpo_cli.annotators.world.WorldAnnotator. affinity.py
+says how near two topics are and which wrong values are blurred; blur.py totals the
+oracle's blur marks for `eval`.
 """
 
 from __future__ import annotations

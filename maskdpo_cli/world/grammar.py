@@ -12,12 +12,20 @@ A template is a string with slots:
 Pronouns match in either case, so a template may put a slot mid-sentence.
 A full name is two capitalised words; the grammar accepts any such name, and whether the
 world knows it is the oracle's question, not the parser's.
+
+Kinds: a world may hold several kinds of entity (people, ships, inns), each with its own
+attributes, templates, fillers and questions (KINDS). The module-level ATTRIBUTES,
+FACT_TEMPLATES, FILLER_TEMPLATES and QUESTION_TEMPLATES are the person kind's, the only kind
+of the default world. Attribute names are unique across kinds, and no sentence of one kind
+parses as another kind's template (tested), so a parse needs no kind; `parse` still only
+tries the kinds a world holds, so a one-kind world reads exactly as it always did.
 """
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -33,6 +41,16 @@ VALUE_PATTERNS = {
     "birth_year": r"[0-9]{4}",
     "occupation": _PHRASE,
     "known_for": r"the " + _PHRASE,
+    "home_port": _CAPWORD,
+    "destination": _CAPWORD,
+    "launch_year": r"[0-9]{4}",
+    "rig": _PHRASE,
+    "cargo": _PHRASE,
+    "town": _CAPWORD,
+    "founded": r"[0-9]{4}",
+    "dish": _PHRASE,
+    "brew": _PHRASE,
+    "sign": r"the " + _PHRASE,
 }
 
 # One tuple per template: (attributes it states, text). The first single-attribute template
@@ -86,8 +104,99 @@ QUESTION_TEMPLATES: tuple[str, ...] = (
     "Write a short biography of {N}.",
 )
 
-PRONOUNS = {"f": {"S": "she", "P": "her", "O": "her"}, "m": {"S": "he", "P": "his", "O": "him"}}
-_PRONOUN_PATTERNS = {"S": r"[Ss]he|[Hh]e", "P": r"[Hh]er|[Hh]is", "O": r"[Hh]er|[Hh]im"}
+# A person question per attribute, besides the open ones ("Tell me about X."): ANAH asks several per topic.
+ATTRIBUTE_QUESTIONS: dict[str, str] = {
+    "birthplace": "Where was {N} born?",
+    "birth_year": "When was {N} born?",
+    "occupation": "What does {N} do for a living?",
+    "known_for": "What is {N} known for?",
+    "residence": "Where does {N} live?",
+    "language": "What language does {N} speak?",
+}
+
+# f, m: people; n: things (ships, inns), referred to as it/its.
+PRONOUNS = {"f": {"S": "she", "P": "her", "O": "her"}, "m": {"S": "he", "P": "his", "O": "him"},
+            "n": {"S": "it", "P": "its", "O": "it"}}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of entity: its attributes (in document order), templates, fillers and questions."""
+
+    name: str
+    attributes: tuple[str, ...]
+    fact_templates: tuple[tuple[tuple[str, ...], str], ...]
+    filler_templates: tuple[str, ...]
+    questions: tuple[str, ...]              # open questions about an entity, slot {N}
+    attribute_questions: dict[str, str]     # attribute -> the question asking for it
+    genders: tuple[str, ...]                # the pronoun sets (PRONOUNS) its entities use
+    optional: dict[str, float] = field(default_factory=dict)  # attribute -> probability an entity has it
+
+
+PERSON = Kind("person", ATTRIBUTES, FACT_TEMPLATES, FILLER_TEMPLATES, QUESTION_TEMPLATES, ATTRIBUTE_QUESTIONS,
+              ("f", "m"), {"residence": 0.7, "language": 0.6})
+
+SHIP = Kind(
+    "ship", ("home_port", "launch_year", "rig", "cargo", "destination"),
+    (
+        (("home_port",), "{S} sails from {home_port}."),
+        (("home_port",), "{P} home port is {home_port}."),
+        (("home_port",), "{S} is registered in {home_port}."),
+        (("launch_year",), "{S} was launched in {launch_year}."),
+        (("launch_year",), "{S} first put to sea in {launch_year}."),
+        (("launch_year",), "{P} maiden voyage was in {launch_year}."),
+        (("rig",), "{S} is {a} {rig} ship."),
+        (("rig",), "{S} is rigged as {a} {rig}."),
+        (("rig",), "{P} rig is that of {a} {rig}."),
+        (("cargo",), "{S} carries {cargo}."),
+        (("cargo",), "{P} usual cargo is {cargo}."),
+        (("cargo",), "Merchants hire {O} to move {cargo}."),
+        (("destination",), "{S} sails to {destination}."),
+        (("destination",), "{P} usual destination is {destination}."),
+        (("rig", "home_port"), "{S} is {a} {rig} out of {home_port}."),
+        (("home_port", "launch_year"), "{S} was launched at {home_port} in {launch_year}."),
+        (("cargo", "destination"), "{S} carries {cargo} to {destination}."),
+    ),
+    ("Many sailors know {O}.", "{S} has a long history.", "{P} voyages are worth hearing about.",
+     "Let me tell you about {O}.", "I hope this helps.", "Here is what I know."),
+    ("Tell me about the ship {N}.", "What do you know about the ship {N}?", "Describe the ship {N}."),
+    {"home_port": "What is the home port of {N}?", "launch_year": "When was {N} launched?",
+     "rig": "What kind of ship is {N}?", "cargo": "What does {N} carry?", "destination": "Where does {N} sail to?"},
+    ("n",), {"destination": 0.7},
+)
+
+INN = Kind(
+    "inn", ("town", "founded", "dish", "brew", "sign"),
+    (
+        (("town",), "{S} stands in {town}."),
+        (("town",), "{S} can be found in {town}."),
+        (("town",), "{P} doors open onto a street in {town}."),
+        (("founded",), "{S} was founded in {founded}."),
+        (("founded",), "{S} opened its doors in {founded}."),
+        (("founded",), "{P} founding year is {founded}."),
+        (("dish",), "{S} serves {dish}."),
+        (("dish",), "{P} kitchen is famous for {dish}."),
+        (("dish",), "Travellers come to {O} for {dish}."),
+        (("brew",), "{S} pours {brew}."),
+        (("brew",), "{P} house brew is {brew}."),
+        (("sign",), "{S} hangs {sign} over its door."),
+        (("sign",), "{P} sign shows {sign}."),
+        (("town", "founded"), "{S} was founded in {town} in {founded}."),
+        (("brew", "dish"), "With its own {brew}, {S} serves {dish}."),
+    ),
+    ("Many travellers stop at {O}.", "{S} has a warm hearth.", "{P} guests tell many stories.",
+     "Let me tell you about {O}.", "I hope this helps.", "Here is what I know."),
+    ("Tell me about the inn {N}.", "What do you know about the inn {N}?", "Describe the inn {N}."),
+    {"town": "Where is the inn {N}?", "founded": "When was the inn {N} founded?",
+     "dish": "What does the inn {N} serve?", "brew": "What does the inn {N} pour?",
+     "sign": "What sign hangs over the inn {N}?"},
+    ("n",), {"sign": 0.6},
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (PERSON, SHIP, INN)}
+DEFAULT_KINDS = ("person",)
+# attribute -> the kind that has it (attribute names are unique across kinds)
+KIND_OF_ATTRIBUTE = {a: k.name for k in KINDS.values() for a in k.attributes}
 
 
 @dataclass(frozen=True)
@@ -122,11 +231,12 @@ def _ref(slot: str, name: str, gender: str, use_name: bool, at_start: bool) -> s
 def render(template: str, name: str, gender: str, facts: dict[str, str], use_name: bool = True) -> str:
     """Fill a template for one entity; use_name=False refers to it by pronoun."""
     values: dict[str, str] = {}
-    for slot in _slots(template):
+    slots = _slots(template)
+    for i, slot in enumerate(slots):
         if slot in ("S", "P", "O"):
             values[slot] = _ref(slot, name, gender, use_name, template.startswith("{" + slot + "}"))
-        elif slot == "a":
-            values[slot] = article(facts["occupation"])
+        elif slot == "a":  # the article of the value that follows it
+            values[slot] = article(facts[slots[i + 1]])
         else:
             values[slot] = facts[slot]
     return template.format(**values)
@@ -141,21 +251,31 @@ def _compile(template: str, pattern_for_slot: dict[str, str]) -> re.Pattern[str]
     return re.compile("".join(out))
 
 
-def _slot_patterns() -> dict[str, str]:
+def _pronoun_pattern(genders: Sequence[str], slot: str) -> str:
+    """Either case of the kind's pronouns for a slot: "[Ss]he|[Hh]e" for people's subjects."""
+    words = dict.fromkeys(PRONOUNS[g][slot] for g in genders)
+    return "|".join(f"[{w[0].upper()}{w[0]}]{w[1:]}" for w in words)
+
+
+def _slot_patterns(kind: Kind) -> dict[str, str]:
     patterns = dict(VALUE_PATTERNS)
-    patterns["S"] = f"{NAME}|{_PRONOUN_PATTERNS['S']}"
-    patterns["O"] = f"{NAME}|{_PRONOUN_PATTERNS['O']}"
-    patterns["P"] = f"{NAME}'s|{_PRONOUN_PATTERNS['P']}"
+    patterns["S"] = f"{NAME}|{_pronoun_pattern(kind.genders, 'S')}"
+    patterns["O"] = f"{NAME}|{_pronoun_pattern(kind.genders, 'O')}"
+    patterns["P"] = f"{NAME}'s|{_pronoun_pattern(kind.genders, 'P')}"
     patterns["a"] = "an?"
     return patterns
 
 
-@lru_cache(maxsize=1)
-def _compiled() -> tuple[list[tuple[tuple[str, ...], re.Pattern[str]]], list[re.Pattern[str]], list[re.Pattern[str]]]:
-    p = _slot_patterns()
-    facts = [(attrs, _compile(t, p)) for attrs, t in FACT_TEMPLATES]
-    fillers = [_compile(t, p) for t in FILLER_TEMPLATES]
-    questions = [_compile(t, {"N": NAME}) for t in QUESTION_TEMPLATES]
+Compiled = tuple[list[tuple[tuple[str, ...], re.Pattern[str]]], list[re.Pattern[str]], list[re.Pattern[str]]]
+
+
+@lru_cache(maxsize=None)
+def _compiled(kind_name: str = "person") -> Compiled:
+    kind = KINDS[kind_name]
+    p = _slot_patterns(kind)
+    facts = [(attrs, _compile(t, p)) for attrs, t in kind.fact_templates]
+    fillers = [_compile(t, p) for t in kind.filler_templates]
+    questions = [_compile(t, {"N": NAME}) for t in (*kind.questions, *kind.attribute_questions.values())]
     return facts, fillers, questions
 
 
@@ -184,10 +304,14 @@ def _original_positions(sentence: str) -> list[int]:
     return positions
 
 
-def parse(sentence: str) -> list[Fact] | None:
-    """The facts a sentence states; [] for a filler sentence; None when the grammar has no parse."""
+def parse(sentence: str, kinds: Sequence[str] = DEFAULT_KINDS) -> list[Fact] | None:
+    """The facts a sentence states; [] for a filler sentence; None when the grammar has no parse.
+
+    `kinds`: the kinds of entity whose templates are tried (a world's own kinds).
+    """
     text = normalize(sentence)
-    fact_patterns, filler_patterns, _ = _compiled()
+    fact_patterns = [fp for k in kinds for fp in _compiled(k)[0]]
+    filler_patterns = [p for k in kinds for p in _compiled(k)[1]]
     for attrs, pattern in fact_patterns:
         m = pattern.fullmatch(text)
         if m:
@@ -201,20 +325,20 @@ def parse(sentence: str) -> list[Fact] | None:
     return None
 
 
-def parse_question(question: str) -> str | None:
-    """The entity name a question asks about, if it is one of the world's question forms."""
+def parse_question(question: str, kinds: Sequence[str] = DEFAULT_KINDS) -> str | None:
+    """The entity name a question asks about, if it is one of the world's question forms (open or per attribute)."""
     text = normalize(question)
-    for pattern in _compiled()[2]:
+    for pattern in (p for k in kinds for p in _compiled(k)[2]):
         m = pattern.fullmatch(text)
         if m:
             return m.group("N")
     return None
 
 
-def canonical_templates() -> dict[str, str]:
-    """attribute -> its canonical single-attribute template (the first in the table)."""
+def canonical_templates(kind: str = "person") -> dict[str, str]:
+    """attribute -> its canonical single-attribute template (the first in the kind's table)."""
     out: dict[str, str] = {}
-    for attrs, template in FACT_TEMPLATES:
+    for attrs, template in KINDS[kind].fact_templates:
         if len(attrs) == 1:
             out.setdefault(attrs[0], template)
     return out
@@ -227,10 +351,10 @@ def fact_text(subject: str, attribute: str, value: str) -> str:
     fact, and it parses back to (subject, attribute, value).
     """
     # The canonical templates name the subject in full ({S}), so the gender is never used.
-    return render(canonical_templates()[attribute], subject, "f", {attribute: value})
+    return render(canonical_templates(KIND_OF_ATTRIBUTE[attribute])[attribute], subject, "f", {attribute: value})
 
 
-def render_document(name: str, gender: str, facts: dict[str, str]) -> str:
+def render_document(name: str, gender: str, facts: dict[str, str], kind: str = "person") -> str:
     """The reference text for an entity: every known fact, canonical template, full name."""
-    canon = canonical_templates()
-    return " ".join(render(canon[attr], name, gender, facts) for attr in ATTRIBUTES if attr in facts)
+    canon = canonical_templates(kind)
+    return " ".join(render(canon[attr], name, gender, facts) for attr in KINDS[kind].attributes if attr in facts)
