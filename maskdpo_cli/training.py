@@ -130,7 +130,8 @@ def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
 
     # Only now, with every pair aligned, does anything get written.
     pairs_sha256 = _pairs_sha256(records)
-    run_record = config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch)
+    run_record = {**config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch),
+                  **pairing_record(records)}
     resume_from = resume_point(work, run_record, config.resume)
     work.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
@@ -195,6 +196,16 @@ def tokenize_all(config: TrainConfig, records: list[tuple[int, dict]]) -> MaskDP
             raise InputError(err.message, display_name(config.pairs), line, err.field) from None
         items.append(encode_pair(tokenized, index))
     return MaskDPODataset(items)
+
+
+def pairing_record(records: list[tuple[int, dict]]) -> dict[str, Any]:
+    """How the pairs were built (`pair --unit/--nofact`), for run.json: {} for pairs that do not
+    say (the authors' format, pairs from before the option), so their run.json is unchanged."""
+    seen = {json.dumps(pair["pairing"], sort_keys=True) for _, pair in records if "pairing" in pair}
+    if not seen:
+        return {}
+    pairings = [json.loads(text) for text in sorted(seen)]
+    return {"pairing": pairings[0] if len(pairings) == 1 else pairings}
 
 
 def _pairs_sha256(records: list[tuple[int, dict]]) -> str:

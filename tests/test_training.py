@@ -281,3 +281,16 @@ def test_gpu_bf16_training_step(tiny_model, pairs_file, tmp_path):
     summary = run_train(TrainConfig(pairs=str(pairs_file), model=str(tiny_model), work_dir=str(tmp_path / "W"),
                                     recipe=str(TINY_RECIPE), batch_size=4, gpus=1))
     assert "pairs/s" in summary and (tmp_path / "W" / "hf" / "model.safetensors").is_file()
+
+
+def test_run_json_records_how_the_pairs_were_built_and_only_when_they_say():
+    from maskdpo_cli.training import pairing_record
+
+    authors = [(1, make_pair(0)), (2, make_pair(1))]
+    assert pairing_record(authors) == {}  # pairs that do not say keep the run.json of before
+    span = {"unit": "span", "nofact": "neutral"}
+    ours = [(i, {**make_pair(i), "pairing": span}) for i in range(3)]
+    assert pairing_record(ours) == {"pairing": span}
+    sentence = {"unit": "sentence", "nofact": "correct"}
+    mixed = ours + [(9, {**make_pair(9), "pairing": sentence})]
+    assert pairing_record(mixed) == {"pairing": [sentence, span]}  # a mix is shown, not hidden
