@@ -488,7 +488,7 @@ def expected_in_loss(resp: dict, side: str, nofact: str, start: int, end: int) -
 @pytest.fixture(scope="module")
 def corpus_tokenizer_dir(tmp_path_factory):
     """A second real tokenizer: the world policy's byte-level BPE, trained here on text that shares the values."""
-    from maskdpo_cli.world.pretrain import build_tokenizer
+    from maskdpo_cli.world.pretraining import build_tokenizer
 
     # Not the test's own texts: their long values must stay split across tokens.
     texts = ["Ada Lovelace was born in London in 1815. She lived in Paris. Her home is in Rome.",

@@ -289,12 +289,14 @@ def test_a_sentence_outside_the_grammar_is_one_unsupported_fact_spanning_it(worl
 
 
 def annotate_texts(oracle, entity: str, texts: list[str]) -> list[dict]:
-    from maskdpo_cli.annotation import annotate_record
+    from maskdpo_cli.annotation import annotate_stream
     from maskdpo_cli.records import validate_annotated
 
     record = {"id": "q", "entity": entity, "question": f"Who is {entity}?",
               "responses": [{"index": i, "text": t} for i, t in enumerate(texts)]}
-    return validate_annotated(asyncio.run(annotate_record(record, oracle)))["responses"]
+    written: list[dict] = []
+    asyncio.run(annotate_stream([record], oracle, written.append))
+    return validate_annotated(written[0])["responses"]
 
 
 def test_annotated_corpus_answers_carry_exact_spans_and_a_corrupted_value_is_the_one_wrong_span(

@@ -21,7 +21,7 @@ anything is judged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Protocol
 
 
@@ -55,6 +55,7 @@ class Verdict:
 
     label: str
     facts: tuple[Fact, ...] | None = None
+    _: KW_ONLY  # the optional details by name: two annotators fill different ones
     spans: tuple[Span, ...] | None = None
     unplaced: int = 0
     blurred: bool | None = None  # a wrong sentence with a blurred span (the world oracle)

@@ -200,10 +200,10 @@ def fact_verdict(sentence: str, facts: tuple[Fact, ...], quotes: list[str | None
     places = place_quotes(sentence, quotes)
     unplaced = sum(place is None for place in places)
     if not facts or unplaced:
-        return Verdict(sentence_label(facts), facts, None, unplaced)
+        return Verdict(sentence_label(facts), facts, unplaced=unplaced)
     spans = tuple(Span(place[0], place[1], "ok" if fact.supported else "unverifiable")
                   for fact, place in zip(facts, places) if place is not None)
-    return Verdict(sentence_label(facts), facts, spans)
+    return Verdict(sentence_label(facts), facts, spans=spans)
 
 
 @dataclass

@@ -104,7 +104,7 @@ class WorldAnnotator:
         facts = grammar.parse(sentence, self.kinds)
         if facts is None:
             return Verdict("unverifiable", (Fact(grammar.normalize(sentence), False),),
-                           (Span(0, len(sentence), "unverifiable", False),), False)
+                           spans=(Span(0, len(sentence), "unverifiable", False),), blurred=False)
         if not facts:
             return Verdict("nofact", ())
         verdicts = [self._check(f, entity) for f in facts]
@@ -114,10 +114,10 @@ class WorldAnnotator:
                       for f, v in zip(facts, verdicts))
         blurred = any(s.blurred for s in spans)
         if "contradictory" in verdicts:
-            return Verdict("contradictory", atomic, spans, blurred)
+            return Verdict("contradictory", atomic, spans=spans, blurred=blurred)
         if "unverifiable" in verdicts:
-            return Verdict("unverifiable", atomic, spans, blurred)
-        return Verdict("ok", atomic, spans)
+            return Verdict("unverifiable", atomic, spans=spans, blurred=blurred)
+        return Verdict("ok", atomic, spans=spans)
 
     def is_blurred(self, fact: grammar.Fact, entity: str | None) -> bool:
         """Whether a wrong fact's value is true of an entity of a topic near its entity's (see the docstring)."""
