@@ -103,11 +103,20 @@ def _resolve_dtype(config: dict[str, Any], cuda: bool, bf16_supported: bool | No
 
 
 def _check_cpu_config(config: dict[str, Any], source: str) -> None:
-    """What DeepSpeed's CPU accelerator cannot do, refused before training rather than after the weights load."""
-    for dtype in ("fp16",):
-        if (config.get(dtype) or {}).get("enabled") is True:
-            raise MaskDPOError(f"--deepspeed {source}: {dtype} training needs CUDA; on the CPU set "
-                               f"{dtype}.enabled to false or \"auto\"")
+    """fp16 on a CPU without fp16 kernels: DeepSpeed's CPU accelerator asks oneDNN, as here, and
+    refuses it only after the weights have loaded (DeepSpeedEngine._do_sanity_check)."""
+    if (config.get("fp16") or {}).get("enabled") is True and not _cpu_fp16_supported():
+        raise MaskDPOError(f"--deepspeed {source}: fp16 is not supported on this CPU (DeepSpeed would stop "
+                           "with 'Type fp16 is not supported on your device'); set fp16.enabled to false")
+
+
+def _cpu_fp16_supported() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def write_deepspeed_config(work: Path, config: dict[str, Any]) -> Path:

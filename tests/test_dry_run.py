@@ -94,12 +94,12 @@ def test_a_cpu_plan_prints_batch_steps_cache_and_memory(tiny, tmp_path, capsys):
 
 def _bad_pair(pairs: Path, out: Path) -> Path:
     bad = json.loads(pairs.read_text().splitlines()[0])
-    bad["chosen_item"]["sents"][1] = "She is a sculptor."
+    bad["id"], bad["chosen_item"]["sents"][1] = "bad", "She is a sculptor."
     out.write_text(pairs.read_text() + json.dumps(bad) + "\n")
     return out
 
 
-@pytest.mark.parametrize("case", ["unlocated sentence", "batch", "model", "deepspeed name", "fp16 on cpu",
+@pytest.mark.parametrize("case", ["unlocated sentence", "batch", "model", "deepspeed name", "zero3 without gather",
                                   "other run's checkpoint"])
 def test_bad_input_gives_the_real_runs_error(tiny, tmp_path, capsys, case):
     pairs, args = tiny
@@ -113,9 +113,9 @@ def test_bad_input_gives_the_real_runs_error(tiny, tmp_path, capsys, case):
         args = [*args, "--model", tmp_path / "no-such-model"]
     elif case == "deepspeed name":
         extra = ["--deepspeed", "zero4"]
-    elif case == "fp16 on cpu":
+    elif case == "zero3 without gather":
         ds = tmp_path / "ds.json"
-        ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}))
+        ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
         extra = ["--deepspeed", ds, "--nproc", "2"]
     elif case == "other run's checkpoint":
         work.mkdir()
@@ -128,4 +128,16 @@ def test_bad_input_gives_the_real_runs_error(tiny, tmp_path, capsys, case):
     real = run_cli(["train", pairs, *args, *extra], capsys)
     assert planned[0] == real[0] == 2, (planned, real)
     assert planned[2] == real[2] and len(real[2].strip().splitlines()) == 1, (planned[2], real[2])
+    if case == "unlocated sentence":
+        assert "bad.jsonl:9: field 'chosen_item.sents[1]': pair 'bad'" in real[2]
     assert (sorted(p.name for p in work.iterdir()) if work.exists() else None) == before  # nothing written
+
+
+def test_an_error_is_one_line_on_stderr_and_nothing_on_stdout(tiny, tmp_path):
+    """In a fresh process, where DeepSpeed (when installed) is imported and would log and warn."""
+    pairs, args = tiny
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([*MASKDPO, "train", _bad_pair(pairs, tmp_path / "bad.jsonl"), *map(str, args), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "sculptor" in done.stderr

@@ -45,7 +45,10 @@ def quiet_deepspeed_import() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # Its modules decorate with torch.jit.script, which torch now deprecates: a warning per
+        # process that would precede every error line.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         import deepspeed  # noqa: F401
 
 
