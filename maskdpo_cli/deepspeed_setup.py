@@ -34,8 +34,7 @@ def check_deepspeed_runnable(cuda: bool, *, planning: bool = False) -> None:
 
     Without CUDA, DS_ACCELERATOR=cpu is set before anything imports DeepSpeed (the
     accelerator is chosen once per process; torchrun's ranks inherit the variable). The
-    package is located, not imported: importing it takes seconds and logs to stdout, which
-    carries records in maskdpo; the ranks import it.
+    package is located, not imported: this check comes before the seconds of imports.
     """
     from maskdpo_cli.process_group import cuda_devices
 

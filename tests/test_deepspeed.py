@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import alma_pairs, kill_after_lines
+from helpers import alma_pairs, kill_after_lines, run_cli
 from maskdpo_cli.deepspeed_setup import check_received, deepspeed_config
 from maskdpo_cli.errors import MaskDPOError
 
@@ -186,3 +186,12 @@ def test_the_config_deepspeed_receives_is_complete_and_checked(tmp_path):
     check_received({**config, "steps_per_print": 10**13}, tmp_path)
     with pytest.raises(RuntimeError, match="gradient_accumulation_steps"):
         check_received({**config, "gradient_accumulation_steps": 2}, tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="checks a machine without deepspeed")
+def test_without_the_deepspeed_package_it_is_a_clear_exit_2(tiny_llama_path, tmp_path, capsys):
+    pairs = alma_pairs(tmp_path / "pairs.jsonl", 2)
+    code, out, err = run_cli(["train", pairs, "--model", tiny_llama_path, "--recipe", "tiny_cpu_maskdpo", "--gpus", "0",
+                              "--nproc", "2", "--deepspeed", "zero3", "--work-dir", tmp_path / "W"], capsys)
+    assert code == 2 and out == "" and "--deepspeed needs the deepspeed package" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "W").exists()
