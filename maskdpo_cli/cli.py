@@ -174,6 +174,8 @@ def train(
                                           help="Default: continue the same run's last checkpoint in the work dir, "
                                           "refuse one with other settings. --no-resume starts over."),
     seed: int = typer.Option(0, help="Seed for data order and initialization."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything a run would (pairs, masks, model "
+                                 "config, batch, DeepSpeed) and print its plan and memory per device; train nothing."),
 ) -> None:
     """Train Mask-DPO (or DPO with --no-mask) through XTuner; the model lands in WORK_DIR/hf."""
     from maskdpo_cli.train_config import TrainConfig
@@ -182,6 +184,11 @@ def train(
     config = TrainConfig(pairs=pairs, work_dir=work_dir, model=model, recipe=recipe, use_mask=not no_mask, beta=beta,
                          epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
                          nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+    if dry_run:
+        from maskdpo_cli.dry_run import plan_train
+
+        stderr.print(plan_train(config), highlight=False, soft_wrap=True, markup=False)
+        return
     summary = run_train(config)
     if summary:  # empty on the other ranks of a run torchrun or srun started
         stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)

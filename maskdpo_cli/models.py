@@ -32,6 +32,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 # consolidated .pth, as large as the model again) and other frameworks' copies.
 HUB_IGNORE = ["original/*", "*.pth", "*.pt", "*.msgpack", "*.h5", "*.ot", "*.onnx", "onnx/*", "*.gguf", "*.tflite"]
 
+# What a plan needs of a hub model: its config and tokenizer, no weights.
+HUB_CONFIG_FILES = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json"]
+
 
 def cache_dir() -> Path:
     """Where converted embedded models live; MASKDPO_CACHE overrides it."""
@@ -39,15 +42,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_model(name: str, option: str = "--model") -> Path:
+def resolve_model(name: str, option: str = "--model", *, config_only: bool = False) -> Path:
     """A local HF directory for `name`: an alias (converted on first use), an existing path,
     or a hub id ORG/NAME (from the hub cache, downloaded into it when missing).
-    `option` names the flag in error messages."""
+    `option` names the flag in error messages; `config_only`: a hub model's config and
+    tokenizer files are enough (its weights are neither needed nor downloaded)."""
     if name in ALIASES:
         return _embedded_smollm2()
     path = Path(name).expanduser()
     if not path.exists() and HUB_ID.match(name):
-        path = _from_hub(name, option)
+        path = _from_hub(name, option, config_only)
     elif not path.exists():
         raise MaskDPOError(
             f"{option} {name}: no such directory; pass a local HF model directory "
@@ -57,11 +61,13 @@ def resolve_model(name: str, option: str = "--model") -> Path:
     return path
 
 
-def _from_hub(repo_id: str, option: str) -> Path:
+def _from_hub(repo_id: str, option: str, config_only: bool = False) -> Path:
     """The snapshot directory of a hub model: the cached one, or downloaded now."""
     from huggingface_hub import constants, snapshot_download
 
     try:
+        if config_only:
+            return Path(snapshot_download(repo_id, allow_patterns=HUB_CONFIG_FILES))
         return Path(snapshot_download(repo_id, ignore_patterns=HUB_IGNORE))
     except Exception as err:  # noqa: BLE001 - not found, gated, offline, network: all the user's to fix
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""

@@ -95,14 +95,16 @@ def cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def process_count(gpus: int, nproc: int | None, launch: Launch | None) -> int:
-    """How many ranks share the global batch: the launcher's, one per GPU, or --nproc on CPUs."""
+def process_count(gpus: int, nproc: int | None, launch: Launch | None, available: int | None = None) -> int:
+    """How many ranks share the global batch: the launcher's, one per GPU, or --nproc on CPUs.
+    `available`: the CUDA GPUs there are (default: those visible; a dry run plans for others)."""
     if launch is not None:
         if nproc is not None and nproc != launch.world_size:
             raise MaskDPOError(f"--nproc {nproc}: {launch.launcher} started {launch.world_size} processes; "
                                "leave --nproc out under a launcher")
         return launch.world_size
-    available = cuda_devices()
+    if available is None:
+        available = cuda_devices()
     if gpus > 1 and available < gpus:
         raise MaskDPOError(f"--gpus {gpus}: only {available} CUDA device(s) visible")
     if gpus and available:

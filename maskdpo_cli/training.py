@@ -1,8 +1,8 @@
 """`maskdpo train`: pairs -> an aligned HF model in W/hf, through XTuner.
 
 The order of work is the safety argument: every pair is validated and tokenized with its
-loss mask *before* anything is trained, so a pair that cannot be aligned stops the run
-(exit 2, naming the pair) instead of training on a wrong mask. Then the recipe, a plain
+loss mask *before* anything is trained (`check_run`, which `--dry-run` runs alone), so a
+pair that cannot be aligned stops the run (exit 2, naming the pair) instead of training on a wrong mask. Then the recipe, a plain
 XTuner config, gets the run's settings (`xtuner_ext.recipe`), is written to W/config.py
 (what ran, and what `xtuner train W/config.py` would run again) and goes to XTuner's own
 train entry (`xtuner_ext.launch`):
@@ -16,6 +16,7 @@ Work dir layout:
     W/pairs.jsonl         the validated pairs trained on
     W/tokenized_pairs.pt  their tokens and loss masks (the check's, loaded by XTuner's dataset)
     W/config.py           the resolved XTuner config
+    W/deepspeed.json      under --deepspeed: the config DeepSpeed receives (deepspeed_setup)
     W/ref_logps.pt        reference log-probs, computed once before the first step
     W/train_log.jsonl     per step: loss, reward_acc, reward_margin, rewards, lr, pairs/s
     W/train_summary.json  totals of the last run
@@ -62,7 +63,7 @@ class PreparedRun:
     layout: BatchLayout
     pairs: int
     config_file: Path  # W/config.py
-    deepspeed: str | None  # what XTuner's --deepspeed takes (a bundled config's name or a JSON file)
+    deepspeed: str | None  # W/deepspeed.json: what XTuner's --deepspeed reads and DeepSpeed receives
     resume_from: str | None  # the checkpoint to continue from
 
     @property
@@ -98,55 +99,94 @@ def run_train(config: TrainConfig) -> str:
 
 # --------------------------------------------------------------------------- prepare
 
-def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
-    """Validate and tokenize every pair, complete the config from the recipe, and write W: all before training."""
-    from maskdpo_cli.deepspeed_setup import check_deepspeed_runnable, resolve_deepspeed_config
+@dataclass(frozen=True)
+class CheckedRun:
+    """A run checked through and through, nothing written yet: what `prepare_run` writes to W
+    and what `--dry-run` plans from. The same checks, so the same errors, in both."""
+
+    config: TrainConfig  # complete: the recipe's values where the command line gave none
+    cfg: Any  # the recipe, with the run's values written in
+    layout: BatchLayout
+    records: list[tuple[int, dict]]
+    dataset: MaskDPODataset  # every pair tokenized with its loss mask
+    deepspeed: dict[str, Any] | None  # the complete DeepSpeed config
+    cuda: bool  # on CUDA GPUs (planned ones, for a dry run)
+    pairs_sha256: str
+    resume_from: str | None
+
+
+def check_run(config: TrainConfig, launch: Launch | None, *, dry_run: bool = False) -> CheckedRun:
+    """Validate and tokenize every pair, complete the config from the recipe, resolve DeepSpeed's
+    config and the resume point: every check of a run, and nothing written.
+
+    `dry_run`: `--gpus N` (N > 1) plans for N GPUs whether or not they are here, and a hub
+    model's config and tokenizer are enough (no weights are fetched).
+    """
+    from maskdpo_cli.deepspeed_setup import check_deepspeed_runnable, deepspeed_config
     from maskdpo_cli.records import iter_records
 
-    processes = process_count(config.gpus, config.nproc, launch)
+    here = cuda_devices()
+    devices = config.gpus if dry_run and config.gpus > 1 else here
+    processes = process_count(config.gpus, config.nproc, launch, available=devices)
+    cuda = bool(config.gpus and devices)
     if config.deepspeed is not None:
-        check_deepspeed_runnable()  # before the slow part: importing XTuner
-    from maskdpo_cli.xtuner_ext.dataset import save_tokenized, tokenization
+        check_deepspeed_runnable(cuda, planning=dry_run)  # before the slow part: importing XTuner
     from maskdpo_cli.xtuner_ext.recipe import apply_config, batch_layout, load_recipe, resolve_recipe
 
     recipe = resolve_recipe(config.recipe)
     records = list(iter_records(config.pairs, "pairs"))  # an empty file is an InputError
     cfg = load_recipe(recipe)
-    config = complete_config(config, cfg, recipe, processes)
+    config = complete_config(config, cfg, recipe, processes, devices=devices, config_only=dry_run)
     layout = batch_layout(cfg, config.batch_size, processes, len(records))
     work = Path(config.work_dir)
     apply_config(cfg, config, layout, pairs_file=str(work / PAIRS_FILE), tokenized_file=str(work / TOKENIZED_FILE),
-                 cuda=bool(config.gpus and cuda_devices()))
-    deepspeed = None
+                 cuda=cuda)
+    ds_config = None
     if config.deepspeed is not None:
         clip = cfg.optim_wrapper.get("clip_grad") or {}
-        deepspeed, _ = resolve_deepspeed_config(config.deepspeed, micro_batch=layout.micro_batch,
-                                                accumulative_counts=layout.accumulative_counts,
-                                                max_norm=clip.get("max_norm"))
-        check_deepspeed_runnable()  # the recipe's default DeepSpeed
+        ds_config = deepspeed_config(config.deepspeed, micro_batch=layout.micro_batch,
+                                     accumulative_counts=layout.accumulative_counts,
+                                     max_norm=clip.get("max_norm"), cuda=cuda,
+                                     bf16_supported=True if cuda and not here else None)  # GPUs elsewhere
+        check_deepspeed_runnable(cuda, planning=dry_run)  # the recipe's default DeepSpeed
 
     dataset = tokenize_all(config, records)
-    empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
-
-    # Only now, with every pair aligned, does anything get written.
     pairs_sha256 = _pairs_sha256(records)
     run_record = {**config.run_record(pairs_sha256=pairs_sha256, micro_batch=layout.micro_batch),
                   **pairing_record(records)}
     resume_from = resume_point(work, run_record, config.resume)
+    return CheckedRun(config=config, cfg=cfg, layout=layout, records=records, dataset=dataset, deepspeed=ds_config,
+                      cuda=cuda, pairs_sha256=pairs_sha256, resume_from=resume_from)
+
+
+def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
+    """Every check of `check_run`, then write W: all before training."""
+    from maskdpo_cli.deepspeed_setup import write_deepspeed_config
+    from maskdpo_cli.xtuner_ext.dataset import save_tokenized, tokenization
+
+    checked = check_run(config, launch)
+    config, layout, records, dataset = checked.config, checked.layout, checked.records, checked.dataset
+    empty = sum(not any(it["chosen_mask"]) or not any(it["rejected_mask"]) for it in dataset.items)
+
+    # Only now, with every pair aligned, does anything get written.
+    work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    if resume_from is None:
+    if checked.resume_from is None:
         clear_checkpoints(work)
-    write_json_atomic(work / "run.json", run_record)
+    write_json_atomic(work / "run.json", config.run_record(pairs_sha256=checked.pairs_sha256,
+                                                           micro_batch=layout.micro_batch))
     with atomic_output(work / PAIRS_FILE) as writer:
         writer.write_all(record for _, record in records)
     # XTuner's dataset loads this instead of tokenizing the pairs again.
     save_tokenized(work / TOKENIZED_FILE, dataset,
-                   tokenization(pairs_sha256, config.model, config.max_length, config.use_mask))
+                   tokenization(checked.pairs_sha256, config.model, config.max_length, config.use_mask))
     config_file = work / "config.py"
-    cfg.dump(str(config_file))
+    checked.cfg.dump(str(config_file))
+    # The file DeepSpeed receives: XTuner's --deepspeed reads it (and changes nothing in it).
+    deepspeed = str(write_deepspeed_config(work, checked.deepspeed)) if checked.deepspeed is not None else None
 
     run = PreparedRun(config=config, layout=layout, pairs=len(records), config_file=config_file,
-                      deepspeed=deepspeed, resume_from=resume_from)
+                      deepspeed=deepspeed, resume_from=checked.resume_from)
     stderr.print(describe(run), highlight=False, soft_wrap=True)
     stderr.print(f"{dataset.num_truncated} of {run.pairs} pairs truncated at max_length {config.max_length}",
                  highlight=False)
@@ -157,20 +197,23 @@ def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
     return run
 
 
-def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int) -> TrainConfig:
+def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int, *, devices: int | None = None,
+                    config_only: bool = False) -> TrainConfig:
     """The config with the recipe's value for every field the command line left out, the model
-    as an absolute directory, the recipe as its file, and `nproc` the number of processes."""
+    as an absolute directory, the recipe as its file, and `nproc` the number of processes.
+    `devices`: the CUDA GPUs there are (default: those visible); `config_only`: a hub model's
+    config and tokenizer are enough (a dry run loads no weights)."""
     from maskdpo_cli.models import resolve_model
     from maskdpo_cli.xtuner_ext.recipe import default_batch_size, recipe_value
 
     deepspeed = config.deepspeed
     if deepspeed is None and cfg.get("deepspeed"):
-        if config.gpus and cuda_devices() and processes > 1:
+        if config.gpus and (cuda_devices() if devices is None else devices) and processes > 1:
             deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
         else:
             stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
                          "(pass --deepspeed to force it)")
-    model = resolve_model(config.model or recipe_value(cfg, "model")).resolve()
+    model = resolve_model(config.model or recipe_value(cfg, "model"), config_only=config_only).resolve()
     return replace(
         config, model=str(model), recipe=str(recipe), work_dir=str(Path(config.work_dir).resolve()),
         beta=float(config.beta or recipe_value(cfg, "beta")), lr=float(config.lr or recipe_value(cfg, "lr")),
@@ -223,7 +266,7 @@ def describe(run: PreparedRun) -> str:
     device = f"{processes} GPU(s)" if on_gpus else "CPU, fp32"
     if processes > 1 and not on_gpus:
         device += f", {processes} processes (gloo)"
-    ds = f", DeepSpeed {run.deepspeed}" if run.deepspeed else ""
+    ds = f", DeepSpeed {config.deepspeed}" if run.deepspeed else ""
     kind = "Mask-DPO" if config.use_mask else "DPO (--no-mask)"
     return (f"{kind}: {run.pairs} pairs x {config.epochs} epoch(s), global batch {config.batch_size} "
             f"(micro {layout.micro_batch} x {layout.accumulative_counts} accumulation x {processes}), "

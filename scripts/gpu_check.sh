@@ -226,3 +226,34 @@ case ${1:-} in
     run) shift; cmd_run "$@" ;;
     *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
+
+# --------------------------------------------------------------------------- ZeRO-3 against the DDP path
+# Written for the GPU machine, not yet run there. After `run` with deepspeed installed, check/zero3
+# trained the same pairs as check/train, under ZeRO-3 on 1 GPU; this compares the two as
+# tests/test_deepspeed.py compares them on the CPU: the per-step losses (bf16 here: within 2e-2)
+# and the exported weights (within bf16's precision), and that W/deepspeed.json is what ran.
+# DeepSpeed ships as an sdist: it travels as a wheel built here, e.g.
+#   .venv/bin/pip wheel --no-deps -w runs/gpu/wheels/2 deepspeed==0.16.9 hjson py-cpuinfo msgpack ninja
+if [[ -f $GPU_DIR/check/zero3/hf/config.json && -f $GPU_DIR/check/train/hf/config.json ]]; then
+    echo "== ZeRO-3 against the DDP path" >&2
+    "${PYTHON:-$GPU_DIR/venv/bin/python}" - "$GPU_DIR/check/train" "$GPU_DIR/check/zero3" <<'PY'
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file
+ddp, zero = Path(sys.argv[1]), Path(sys.argv[2])
+log = lambda w: [json.loads(line) for line in (w / "train_log.jsonl").read_text().splitlines()]
+a, b = log(ddp), log(zero)
+failed = [] if [r["step"] for r in a] == [r["step"] for r in b] else ["the runs logged different steps"]
+worst = max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b))
+failed += [] if worst < 2e-2 else [f"per-step losses differ by up to {worst:.4f}"]
+wa, wb = load_file(str(ddp / "hf" / "model.safetensors")), load_file(str(zero / "hf" / "model.safetensors"))
+shapes = wa.keys() == wb.keys() and all(wa[k].shape == wb[k].shape for k in wa)
+failed += [] if shapes else ["the ZeRO-3 export is not the whole model"]
+rel = max(((wa[k].float() - wb[k].float()).abs().max() / wa[k].float().abs().max().clamp_min(1e-6)).item()
+          for k in wa) if shapes else float("nan")
+failed += [] if rel < 2e-2 else [f"exported weights differ by up to {rel:.2%}"]
+print(f"ZeRO-3 vs DDP on 1 GPU: {len(b)} steps, losses within {worst:.2e}, weights within {rel:.2%}")
+sys.exit("FAILED: " + "; ".join(failed) if failed else 0)
+PY
+fi

@@ -4,7 +4,7 @@ Tiny random Llama, 8 pairs, global batch 2, 1 epoch: one process is the referenc
 processes that `maskdpo train --nproc 2` starts, two that torchrun starts, and two that
 look like srun's tasks must log the same per-step losses (reduced over the ranks: the
 global batch) and end with the same weights. Plus the launcher detection, the process
-count checks and the DeepSpeed config resolution, which need no processes at all.
+count checks, which need no processes at all (DeepSpeed: tests/test_deepspeed.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdpo_cli.deepspeed_setup import check_deepspeed_runnable, resolve_deepspeed_config
 from maskdpo_cli.process_group import Launch, detect_launch, first_slurm_host, process_count
 from maskdpo_cli.errors import MaskDPOError
 
@@ -181,36 +180,3 @@ def test_process_counts_and_their_errors():
     if not torch.cuda.is_available():
         with pytest.raises(MaskDPOError, match="CUDA device"):
             process_count(2, None, None)
-
-
-def test_deepspeed_configs_resolve_on_the_cpu(tmp_path):
-    name, config = resolve_deepspeed_config("zero3", micro_batch=1, accumulative_counts=8, max_norm=1.0)
-    assert name == "deepspeed_zero3" and config["zero_optimization"]["stage"] == 3
-    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]  # W/hf needs it
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
-            config["gradient_clipping"]) == (1, 8, 1.0)  # the recipe's values, as XTuner sets them
-    for spec in ("zero1", "zero2", "zero2_offload", "deepspeed_zero3_offload"):
-        assert resolve_deepspeed_config(spec, micro_batch=2, accumulative_counts=1, max_norm=None)[1][
-            "gradient_clipping"] == 1.0
-    own = tmp_path / "ds.json"
-    own.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    with pytest.raises(MaskDPOError, match="stage3_gather_16bit_weights_on_model_save"):
-        resolve_deepspeed_config(str(own), micro_batch=1, accumulative_counts=1, max_norm=1.0)
-    own.write_text("{not json")
-    with pytest.raises(MaskDPOError, match="not a DeepSpeed JSON config"):
-        resolve_deepspeed_config(str(own), micro_batch=1, accumulative_counts=1, max_norm=1.0)
-    with pytest.raises(MaskDPOError, match="zero1, zero2") as err:
-        resolve_deepspeed_config("zero4", micro_batch=1, accumulative_counts=1, max_norm=1.0)
-    assert err.value.exit_code == 2
-
-
-@pytest.mark.slow  # DeepSpeed training; its `data` fixture trains a reference run first
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
-def test_deepspeed_without_cuda_is_a_clear_exit_2(data, tmp_path):
-    with pytest.raises(MaskDPOError, match="needs CUDA GPUs"):
-        check_deepspeed_runnable()
-    work = tmp_path / "W"
-    done = subprocess.run([*MASKDPO, *train_args(data["pairs"], data["model"], work), "--deepspeed", "zero3"],
-                          env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert done.returncode == 2 and "--deepspeed needs CUDA GPUs" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and not work.exists()

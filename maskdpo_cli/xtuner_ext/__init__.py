@@ -9,9 +9,10 @@ Importing this package applies the CPU compatibility shim, so a recipe runs on a
 when XTuner's own entry point loads it.
 """
 
-from maskdpo_cli.xtuner_ext.compat import apply_cpu_shims
+from maskdpo_cli.xtuner_ext.compat import apply_cpu_shims, quiet_deepspeed_import
 
 apply_cpu_shims()
+quiet_deepspeed_import()  # before XTuner and mmengine import it: its log must not reach stdout
 
 from maskdpo_cli.xtuner_ext.collate import mask_dpo_collate_fn  # noqa: E402
 from maskdpo_cli.xtuner_ext.dataset import (MaskDPODataset, build_mask_dpo_dataset,  # noqa: E402

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import logging
 import os
 import sys
@@ -29,6 +30,26 @@ def apply_cpu_shims() -> None:
     bnb_logger = logging.getLogger("bitsandbytes.cextension")
     if not any(isinstance(f, _CpuBuildNotice) for f in bnb_logger.filters):
         bnb_logger.addFilter(_CpuBuildNotice())
+
+
+def quiet_deepspeed_import() -> None:
+    """Import DeepSpeed (when installed) with its log on stderr, warnings and errors only.
+
+    XTuner's modules import DeepSpeed when it is there, and DeepSpeed's logger writes to
+    stdout from import on (which accelerator it chose), while stdout carries records in
+    maskdpo. Its handler binds the stream it finds at import, so it is imported here with
+    stdout pointed at stderr. Without CUDA the CPU accelerator is chosen outright.
+    """
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.WARNING)
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # Its modules decorate with torch.jit.script, which torch now deprecates: a warning per
+        # process that would precede every error line.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        import deepspeed  # noqa: F401
 
 
 class _CpuBuildNotice(logging.Filter):

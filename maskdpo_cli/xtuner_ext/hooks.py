@@ -200,6 +200,13 @@ class HFExportHook(Hook):
     def __init__(self, out_dir: str = "hf") -> None:
         self.out_dir = out_dir
 
+    def before_train(self, runner: Any) -> None:
+        strategy = getattr(runner, "strategy", None)
+        if _is_deepspeed(strategy):  # the gather-on-save setting this export relies on is the file's
+            from maskdpo_cli.deepspeed_setup import check_received
+
+            check_received(strategy.config, Path(runner.work_dir))
+
     def after_run(self, runner: Any) -> None:
         state_dict = _gathered_state_dict(runner)
         if not is_main_process():
@@ -237,7 +244,7 @@ def _export_tokenizer(runner: Any, llm: Any) -> Any:
 def _gathered_state_dict(runner: Any) -> dict[str, Any] | None:
     """Full weights under DeepSpeed (None otherwise: the module holds them already)."""
     strategy = getattr(runner, "strategy", None)
-    if strategy is None or type(strategy).__name__ != "DeepSpeedStrategy":
+    if not _is_deepspeed(strategy):
         return None
     engine = strategy.model
     if engine.zero_optimization_partition_weights():
@@ -246,3 +253,7 @@ def _gathered_state_dict(runner: Any) -> dict[str, Any] | None:
                                "in the DeepSpeed config to export the model")
         return engine._zero3_consolidated_16bit_state_dict()
     return engine.module_state_dict(exclude_frozen_parameters=strategy.exclude_frozen_parameters)
+
+
+def _is_deepspeed(strategy: Any) -> bool:
+    return strategy is not None and type(strategy).__name__ == "DeepSpeedStrategy"

@@ -57,6 +57,17 @@ def save_cache(path: Path, fingerprint: str, logps: dict[str, tuple[float, float
     os.replace(tmp, path)
 
 
+def cache_bytes(keys: list[str]) -> int:
+    """The size of the cache file for these pair keys, as `save_cache` writes it (every
+    value takes the same bytes, so zeros measure it exactly, fingerprint aside)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"version": CACHE_VERSION, "fingerprint": "",
+                "logps": {key: [0.0, 0.0] for key in keys}}, buffer)
+    return buffer.tell()
+
+
 def _shard(indices: list[int], rank: int, world: int) -> list[int]:
     """This rank's share, padded so every rank runs the same number of forwards (ZeRO-3
     gathers parameters collectively: a rank that stops early would hang the others)."""
