@@ -240,17 +240,18 @@ def eval_(
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig
+    from maskdpo_cli.backends import backend_options
     from maskdpo_cli.evaluation import eval_params, parse_sizes, run_eval
 
     sizes = parse_sizes(best_of)
+    settings = backend_options(backend, urls=url or (), api_key=api_key, batch_size=batch_size)
     params = eval_params(sizes, temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
     judge = JudgeConfig(model=judge_model, backend=judge_backend, urls=tuple(judge_url or ()),
                         api_key=judge_api_key,
                         prompts_file=prompts, max_retries=max_retries, concurrency=concurrency)
     run_eval(questions, models, output, annotator=annotator, judge=judge, replications=replications,
-             best_of=sizes, params=params, backend=backend, seed=seed, batch_size=batch_size,
-             segmenter=segmenter, fact_length_penalty=fact_length_penalty, urls=url or (), api_key=api_key,
-             probe=probe)
+             best_of=sizes, params=params, backend=settings, seed=seed,
+             segmenter=segmenter, fact_length_penalty=fact_length_penalty, probe=probe)
     stderr.print(f"[green]evaluated[/] {len(models)} model(s) -> {output}/results.md", highlight=False)
 
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +66,7 @@ from maskdpo_cli.world.blur import blur_summary
 
 if TYPE_CHECKING:
     from maskdpo_cli.annotation import JudgeConfig
+    from maskdpo_cli.backends.options import BackendOptions
 
 REPLICATIONS = 5
 BEST_OF_TEMPERATURE = 0.8
@@ -326,20 +326,22 @@ def annotator_files(annotators: list[str]) -> list[str]:
 
 def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str | list[str], judge: JudgeConfig,
              replications: int | None = None, best_of: list[int] | None = None,
-             params: GenerationParams | None = None, backend: str = "transformers", seed: int = 0,
-             batch_size: int | None = None, fact_length_penalty: float | None = None,
-             segmenter: str = "default", urls: Sequence[str] = (), api_key: str | None = None,
+             params: GenerationParams | None = None, backend: BackendOptions | None = None, seed: int = 0,
+             fact_length_penalty: float | None = None, segmenter: str = "default",
              probe: str | None = None) -> list[dict[str, Any]]:
     """Evaluate every model on the questions; write DIR/<model>/summary.json and DIR/results.md.
 
-    With backend openai each model is a name served at `urls` (sample --backend openai).
+    `backend`: the generating backend's settings (default: transformers); with OpenAIOptions each
+    model is a name served at its urls (sample --backend openai).
     `probe`: world:DIR, the world's knowledge probe of every model (module docstring).
 
     Replication r generates with seed + r (params.seed is replaced); params.n is set from best_of.
     `annotator`: one spec, or several that all judge the same responses (module docstring).
     """
+    from maskdpo_cli.backends import TransformersOptions
     from maskdpo_cli.models import resolve_model
 
+    backend = backend or TransformersOptions()
     annotators = [annotator] if isinstance(annotator, str) else list(annotator)
     if not annotators:
         raise MaskDPOError("no annotator; pass --annotator at least once")
@@ -351,7 +353,7 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str 
     records = _load_questions(questions, annotators, judge)
     specs = parse_models(models)
     for spec in specs:
-        if backend != "openai":  # a served model is the server's to find
+        if backend.name != "openai":  # a served model is the server's to find
             resolve_model(spec.model)  # a missing model fails now, not after the first one's hours
     params = replace(params or eval_params(best_of), n=responses_per_question(best_of))
     out = output_dir(out_dir)
@@ -367,33 +369,31 @@ def run_eval(questions: str, models: list[str], out_dir: str, *, annotator: str 
         summaries.append(evaluate_model(spec, out, [rec["id"] for rec in records], annotator=annotators,
                                         judge=judge, params=params,
                                         replications=replications, best_of=best_of, backend=backend,
-                                        seed=seed, batch_size=batch_size, fact_length_penalty=fact_length_penalty,
-                                        segmenter=segmenter, urls=urls, api_key=api_key, probe=probe_world))
+                                        seed=seed, fact_length_penalty=fact_length_penalty,
+                                        segmenter=segmenter, probe=probe_world))
     write_results(summaries, out)
     return summaries
 
 
-def _probe_world(probe: str | None, backend: str) -> str | None:
+def _probe_world(probe: str | None, backend: BackendOptions) -> str | None:
     """The world directory of --probe world:DIR, checked before any model runs."""
     if probe is None:
         return None
     from maskdpo_cli.world.probe import world_dir_of
 
-    if backend == "openai":  # the probe prefills the answer: it needs the weights, not a chat API
+    if backend.name == "openai":  # the probe prefills the answer: it needs the weights, not a chat API
         raise MaskDPOError(f"--probe {probe}: needs local model weights; use --backend transformers")
     return world_dir_of(probe)
 
 
 def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str | list[str], judge: JudgeConfig,
                    params: GenerationParams, replications: int, best_of: list[int] | None,
-                   backend: str, seed: int, batch_size: int | None,
+                   backend: BackendOptions, seed: int,
                    fact_length_penalty: float | None = None, segmenter: str = "default",
-                   urls: Sequence[str] = (), api_key: str | None = None,
                    probe: str | None = None) -> dict[str, Any]:
     """Generate, annotate and summarize one model in out/<name>/; each step resumes.
     `probe`: a world directory whose knowledge probe the model also takes (out/<name>/probe.json)."""
     from maskdpo_cli.annotation import run_annotate
-    from maskdpo_cli.backends import backend_options
     from maskdpo_cli.sampling import run_sample
 
     annotators = [annotator] if isinstance(annotator, str) else list(annotator)
@@ -405,7 +405,7 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
         rep_params = replace(params, seed=seed + r)
         stderr.print(f"  replication {r + 1}/{replications} (seed {rep_params.seed})")
         done = run_sample(str(out / "questions.jsonl"), str(samples), model=spec.model, params=rep_params,
-                          backend=backend_options(backend, urls=urls, api_key=api_key, batch_size=batch_size))
+                          backend=backend)
         stderr.print(f"  sampled {done}", markup=False, highlight=False)
         for i, (spec_a, stem) in enumerate(zip(annotators, stems)):
             annotated = folder / f"{stem}.r{r}.jsonl"
@@ -419,7 +419,7 @@ def evaluate_model(spec: ModelSpec, out: Path, ids: list[str], *, annotator: str
                         # 0: the first annotator's own records carry the facts, tally() reads them
                         fact_replicas=replicas[fact_source] if fact_source else None)
     summary["generation"] = {**params.as_record(), "seeds": [seed + r for r in range(replications)],
-                             "backend": backend}
+                             "backend": backend.name}
     summary["annotator"] = annotators[0]
     summary["fact_annotator"] = None if fact_source is None else annotators[fact_source]
     if len(annotators) > 1:
