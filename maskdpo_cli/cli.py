@@ -166,6 +166,15 @@ def train(
                                           help="Default: continue the same run's last checkpoint in the work dir, "
                                           "refuse one with other settings. --no-resume starts over."),
     seed: int = typer.Option(0, help="Seed for data order and initialization."),
+    lora: Optional[int] = typer.Option(None, "--lora", min=0, metavar="R",
+                                       help="Train a rank-R LoRA adapter on every linear layer of the frozen "
+                                            "decoder (0: full fine-tuning; default: the recipe's). The adapter "
+                                            "lands in WORK_DIR/adapter, the merged model in WORK_DIR/hf."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha/R (default 2R)."),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout",
+                                                 help="Dropout on the adapter's input (default 0.05)."),
+    qlora: bool = typer.Option(False, "--qlora", help="With --lora: the frozen base in 4-bit NF4 "
+                                                      "(bitsandbytes; needs a CUDA GPU)."),
 ) -> None:
     """Train Mask-DPO (or DPO with --no-mask) through XTuner; the model lands in WORK_DIR/hf."""
     from maskdpo_cli.train_config import TrainConfig
@@ -173,7 +182,8 @@ def train(
 
     config = TrainConfig(pairs=pairs, work_dir=work_dir, model=model, recipe=recipe, use_mask=not no_mask, beta=beta,
                          epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
-                         nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+                         nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed,
+                         lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout, qlora=qlora or None)
     summary = run_train(config)
     if summary:  # empty on the other ranks of a run torchrun or srun started
         stderr.print(f"[green]trained[/] {summary}", highlight=False, soft_wrap=True)

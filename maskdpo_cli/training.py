@@ -160,11 +160,12 @@ def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int)
     """The config with the recipe's value for every field the command line left out, the model
     as an absolute directory, the recipe as its file, and `nproc` the number of processes."""
     from maskdpo_cli.models import resolve_model
-    from maskdpo_cli.xtuner_ext.recipe import default_batch_size, recipe_value
+    from maskdpo_cli.xtuner_ext.recipe import complete_lora, default_batch_size, recipe_value
 
+    config = complete_lora(config, cfg, cuda=bool(config.gpus and cuda_devices()))
     deepspeed = config.deepspeed
     if deepspeed is None and cfg.get("deepspeed"):
-        if config.gpus and cuda_devices() and processes > 1:
+        if config.gpus and cuda_devices() and processes > 1 and not config.lora:
             deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
         else:
             stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
@@ -214,6 +215,9 @@ def describe(run: PreparedRun) -> str:
         device += f", {processes} processes (gloo)"
     ds = f", DeepSpeed {run.deepspeed}" if run.deepspeed else ""
     kind = "Mask-DPO" if config.use_mask else "DPO (--no-mask)"
+    if config.lora:
+        kind += (f", {'QLoRA (4-bit NF4 base)' if config.qlora else 'LoRA'} r {config.lora} "
+                 f"alpha {config.lora_alpha:g} dropout {config.lora_dropout:g}")
     return (f"{kind}: {run.pairs} pairs x {config.epochs} epoch(s), global batch {config.batch_size} "
             f"(micro {layout.micro_batch} x {layout.accumulative_counts} accumulation x {processes}), "
             f"{layout.iters_per_epoch * config.epochs} iterations, lr {config.lr:g}, beta {config.beta:g}, "
