@@ -240,7 +240,8 @@ def complete_lora(config: TrainConfig, cfg: Any, *, cuda: bool) -> TrainConfig:
     rank = config.lora if config.lora is not None else int(own.get("r") or 0)
     qlora = config.qlora if config.qlora is not None else _get(cfg, QUANTIZATION_KEY) is not None
     if not rank:
-        return replace(config, lora=0, qlora=qlora or None)  # raises if --qlora asked for an adapter
+        # The recipe's quantization goes with its adapter; --qlora without one is refused here.
+        return replace(config, lora=0, qlora=config.qlora)
     alpha = config.lora_alpha or (own.get("lora_alpha") if config.lora is None else None) or 2 * rank
     dropout = config.lora_dropout if config.lora_dropout is not None else own.get("lora_dropout")
     config = replace(config, lora=rank, lora_alpha=float(alpha), qlora=qlora,
