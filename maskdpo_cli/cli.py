@@ -174,6 +174,15 @@ def train(
                                           help="Default: continue the same run's last checkpoint in the work dir, "
                                           "refuse one with other settings. --no-resume starts over."),
     seed: int = typer.Option(0, help="Seed for data order and initialization."),
+    lora: Optional[int] = typer.Option(None, "--lora", min=0, metavar="R",
+                                       help="Train a rank-R LoRA adapter on every linear layer of the frozen "
+                                            "decoder (0: full fine-tuning; default: the recipe's). The adapter "
+                                            "lands in WORK_DIR/adapter, the merged model in WORK_DIR/hf."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha/R (default 2R)."),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout",
+                                                 help="Dropout on the adapter's input (default 0.05)."),
+    qlora: bool = typer.Option(False, "--qlora", help="With --lora: the frozen base in 4-bit NF4 "
+                                                      "(bitsandbytes; needs a CUDA GPU)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check everything a run would (pairs, masks, model "
                                  "config, batch, DeepSpeed) and print its plan and memory per device; train nothing."),
 ) -> None:
@@ -183,7 +192,8 @@ def train(
 
     config = TrainConfig(pairs=pairs, work_dir=work_dir, model=model, recipe=recipe, use_mask=not no_mask, beta=beta,
                          epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, gpus=gpus,
-                         nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed)
+                         nproc=nproc, deepspeed=deepspeed, resume=resume, seed=seed,
+                         lora=lora, lora_alpha=lora_alpha, lora_dropout=lora_dropout, qlora=qlora or None)
     if dry_run:
         from maskdpo_cli.dry_run import plan_train
 

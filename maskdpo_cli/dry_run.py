@@ -144,6 +144,7 @@ def _memory_plan(checked: Any, model_json: dict[str, Any]) -> str:
                            dtype=_dtype(checked), micro_batch=checked.layout.micro_batch,
                            max_length=checked.config.max_length or _longest(checked.dataset),
                            checkpointing=bool(model_cfg.get("use_activation_checkpointing", False)),
+                           lora_rank=checked.config.lora or None, qlora=bool(checked.config.qlora),
                            source=str(Path(checked.config.model) / "config.json"))
     except MaskDPOError as err:
         return f"memory plan: not available for this model ({err.message})"

@@ -14,6 +14,12 @@ from typing import Any
 
 from maskdpo_cli.errors import MaskDPOError
 
+# LoRA's dropout when neither --lora-dropout nor the recipe gives one. With the base frozen,
+# dropout on the adapter's input is the adapter's only regularizer; 0.05 is what the QLoRA
+# paper (Dettmers et al., 2023) used for 7B-13B models and what TRL's and the alignment
+# handbook's LoRA DPO recipes use. It cannot move the first step: lora_B starts at zero.
+DEFAULT_LORA_DROPOUT = 0.05
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -32,6 +38,11 @@ class TrainConfig:
     deepspeed: str | None = None  # zero1 .. zero3_offload or a DeepSpeed JSON file
     resume: bool | None = None  # None: continue the same run in work_dir; False: start over
     seed: int = 0  # data order and initialization
+    # LoRA: a trainable low-rank adapter on a frozen base (xtuner_ext/lora.py). None: the recipe's.
+    lora: int | None = None  # rank R; 0: full fine-tuning
+    lora_alpha: float | None = None  # the adapter's output is scaled by alpha / R (default 2R)
+    lora_dropout: float | None = None  # dropout on the adapter's input (default DEFAULT_LORA_DROPOUT)
+    qlora: bool | None = None  # the frozen base in 4-bit NF4 through bitsandbytes (needs CUDA)
 
     def __post_init__(self) -> None:
         for flag, value in (("--epochs", self.epochs), ("--max-length", self.max_length),
@@ -43,6 +54,28 @@ class TrainConfig:
                 raise MaskDPOError(f"{flag} {value}: must be positive")
         if self.gpus < 0:
             raise MaskDPOError(f"--gpus {self.gpus}: must be 0 (CPU) or more")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora is not None and self.lora < 0:
+            raise MaskDPOError(f"--lora {self.lora}: the adapter's rank must be 1 or more (0: no LoRA)")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise MaskDPOError(f"--lora-alpha {self.lora_alpha}: must be positive")
+        if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
+            raise MaskDPOError(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
+        if self.lora == 0 and (self.qlora or self.lora_alpha is not None or self.lora_dropout is not None):
+            flag = "--qlora" if self.qlora else "--lora-alpha" if self.lora_alpha is not None else "--lora-dropout"
+            raise MaskDPOError(f"{flag} needs a LoRA adapter: give its rank with --lora R")
+        if self.lora and self.deepspeed is not None:
+            raise MaskDPOError(f"--lora with --deepspeed {self.deepspeed}: LoRA trains without DeepSpeed "
+                               "(its model states fit one GPU; --gpus N runs one process per GPU)")
+
+    @property
+    def lora_settings(self) -> dict[str, Any] | None:
+        """The adapter of a complete config, as run.json records it; None without LoRA."""
+        if not self.lora:
+            return None
+        return {"r": self.lora, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "qlora": bool(self.qlora)}
 
     def run_record(self, *, pairs_sha256: str, micro_batch: int) -> dict[str, Any]:
         """What a checkpoint in W depends on: W/run.json, compared on resume (of a complete config).
@@ -50,7 +83,10 @@ class TrainConfig:
         Epochs are left out: resuming with more extends the run. Work dir, DeepSpeed and
         the resume choice do not change what a checkpoint holds.
         """
-        return {"pairs_sha256": pairs_sha256, "model": self.model, "recipe": self.recipe,
-                "use_mask": self.use_mask, "beta": self.beta, "lr": self.lr, "global_batch": self.batch_size,
-                "micro_batch": micro_batch, "max_length": self.max_length, "gpus": self.gpus,
-                "processes": self.nproc, "seed": self.seed}
+        record = {"pairs_sha256": pairs_sha256, "model": self.model, "recipe": self.recipe,
+                  "use_mask": self.use_mask, "beta": self.beta, "lr": self.lr, "global_batch": self.batch_size,
+                  "micro_batch": micro_batch, "max_length": self.max_length, "gpus": self.gpus,
+                  "processes": self.nproc, "seed": self.seed}
+        if self.lora_settings is not None:  # full fine-tuning keeps the record it always had
+            record["lora"] = self.lora_settings
+        return record

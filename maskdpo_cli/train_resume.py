@@ -42,7 +42,8 @@ def resume_point(work: Path, run_record: dict[str, Any], resume: bool | None) ->
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
     if saved is not None and saved != run_record:
         changed = ", ".join(f"{key} {saved.get(key)} -> {run_record.get(key)}"
-                            for key in run_record if saved.get(key) != run_record[key])
+                            for key in [*run_record, *(k for k in saved if k not in run_record)]
+                            if saved.get(key) != run_record.get(key))
         raise MaskDPOError(f"{work} holds a checkpoint of a run with other settings ({changed}); "
                            "pass --no-resume to start over there, or choose another --work-dir")
     if saved is None and not resume:

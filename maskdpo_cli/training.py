@@ -204,11 +204,12 @@ def complete_config(config: TrainConfig, cfg: Any, recipe: Path, processes: int,
     `devices`: the CUDA GPUs there are (default: those visible); `config_only`: a hub model's
     config and tokenizer are enough (a dry run loads no weights)."""
     from maskdpo_cli.models import resolve_model
-    from maskdpo_cli.xtuner_ext.recipe import default_batch_size, recipe_value
+    from maskdpo_cli.xtuner_ext.recipe import complete_lora, default_batch_size, recipe_value
 
+    config = complete_lora(config, cfg, cuda=bool(config.gpus and (cuda_devices() if devices is None else devices)))
     deepspeed = config.deepspeed
     if deepspeed is None and cfg.get("deepspeed"):
-        if config.gpus and (cuda_devices() if devices is None else devices) and processes > 1:
+        if config.gpus and (cuda_devices() if devices is None else devices) and processes > 1 and not config.lora:
             deepspeed = cfg.get("deepspeed")  # the recipe's default, e.g. ZeRO-3 for the 8B setting
         else:
             stderr.print(f"note: the recipe's DeepSpeed {cfg.get('deepspeed')} is for several GPUs; not used "
@@ -268,6 +269,9 @@ def describe(run: PreparedRun) -> str:
         device += f", {processes} processes (gloo)"
     ds = f", DeepSpeed {config.deepspeed}" if run.deepspeed else ""
     kind = "Mask-DPO" if config.use_mask else "DPO (--no-mask)"
+    if config.lora:
+        kind += (f", {'QLoRA (4-bit NF4 base)' if config.qlora else 'LoRA'} r {config.lora} "
+                 f"alpha {config.lora_alpha:g} dropout {config.lora_dropout:g}")
     return (f"{kind}: {run.pairs} pairs x {config.epochs} epoch(s), global batch {config.batch_size} "
             f"(micro {layout.micro_batch} x {layout.accumulative_counts} accumulation x {processes}), "
             f"{layout.iters_per_epoch * config.epochs} iterations, lr {config.lr:g}, beta {config.beta:g}, "

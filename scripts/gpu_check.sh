@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # GPU check, sized for one H200 and 15 minutes in all (machine start included), no network:
 # Mask-DPO in bf16 on a ~1B Llama built at random on the spot (and under DeepSpeed ZeRO-3
-# when deepspeed is installed), sampling with the transformers backend on CUDA; prints
-# pairs/s, tokens/s and peak GPU memory; checks that the first step's loss is ln 2 and that
-# the loss masks and log-probs on the GPU in bf16 match the CPU's.
+# when deepspeed is installed, and as QLoRA on its 4-bit base when bitsandbytes is),
+# sampling with the transformers backend on CUDA; prints pairs/s, tokens/s and peak GPU
+# memory; checks that the first step's loss is ln 2 and that the loss masks and log-probs on
+# the GPU in bf16 match the CPU's; after QLoRA, that W/adapter on the base gives W/hf's logits.
 #
 #   scripts/gpu_check.sh wheels            # here, with PyPI: runs/gpu/wheels/1 (53 MiB), wheels/2 (60 MiB),
-#                                          # runs/gpu/tokenizer (3.4 MiB); runs/ is git-ignored
+#                                          # wheels/3 (41 MiB), runs/gpu/tokenizer (3.4 MiB); runs/ is git-ignored
 #   scripts/gpu_check.sh install runs/gpu/wheels/1   # GPU call 1, carrying wheels/1 and the tokenizer
-#   scripts/gpu_check.sh install runs/gpu/wheels/2 && scripts/gpu_check.sh run   # GPU call 2, carrying wheels/2
-#   scripts/gpu_check.sh run --cpu         # the same steps on this CPU with a tiny model (tests the script)
+#   scripts/gpu_check.sh install runs/gpu/wheels/2   # GPU call 2, carrying wheels/2
+#   scripts/gpu_check.sh install runs/gpu/wheels/3 && scripts/gpu_check.sh run   # GPU call 3, carrying wheels/3
+#   scripts/gpu_check.sh run --cpu         # the same steps on this CPU with a tiny model (tests the script;
+#                                          # LoRA instead of QLoRA, which needs CUDA)
 #
 # The check's output lands in runs/gpu/check; its last lines are the figures for BENCHMARKS.md.
 #
@@ -28,18 +31,22 @@ WHEELS=(transformers tokenizers huggingface_hub safetensors xtuner mmengine data
         jsonlines typer shellingham rich markdown-it-py mdurl gguf sentencepiece matplotlib contourpy cycler
         fonttools kiwisolver pyparsing python-dateutil tzdata einops peft accelerate)
 GPU_TORCHVISION=torchvision==0.26.0
+# QLoRA's 4-bit base. Not the venv's bitsandbytes (XTuner's pin, 0.45.0: no build for the GPU's
+# CUDA 13, and its import fails with triton >= 3.2); 0.50.2 ships libbitsandbytes_cuda130.
+WHEELS_QLORA=(bitsandbytes==0.50.2)
 
 die() { echo "gpu_check: $*" >&2; exit 2; }
 
 cmd_wheels() {
     local pip=.venv/bin/pip out=$GPU_DIR/wheels
     [[ -x $pip ]] || die "needs the project venv (make install)"
-    rm -rf "$out" && mkdir -p "$out/1" "$out/2" "$GPU_DIR/tokenizer"
+    rm -rf "$out" && mkdir -p "$out/1" "$out/2" "$out/3" "$GPU_DIR/tokenizer"
     pinned() { for p in "$@"; do "$pip" show "$p" 2>/dev/null | awk -v p="$p" '/^Version:/{print p"=="$2}'; done; }
     local where=(--no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
                  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
     "$pip" download -q "${where[@]}" -d "$out/1" $(pinned "${WHEELS_BIG[@]}")
     "$pip" download -q "${where[@]}" -d "$out/2" $(pinned "${WHEELS[@]}") "$GPU_TORCHVISION"
+    "$pip" download -q "${where[@]}" --platform manylinux_2_24_x86_64 -d "$out/3" "${WHEELS_QLORA[@]}"
     .venv/bin/python - "$GPU_DIR/tokenizer" <<'PY'
 import shutil, sys
 from maskdpo_cli.models import resolve_model
@@ -47,7 +54,7 @@ src = resolve_model("smollm2-135m-instruct")
 for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     shutil.copy(src / name, sys.argv[1])
 PY
-    for batch in "$out"/1 "$out"/2; do
+    for batch in "$out"/1 "$out"/2 "$out"/3; do
         local mib=$(( $(du -sb "$batch" | cut -f1) / 1048576 ))
         echo "$batch: $(ls "$batch" | wc -l) wheels, $mib MiB"
         (( mib < 64 )) || die "$batch is $mib MiB: over the 64 MiB a call carries"
@@ -155,6 +162,17 @@ PY
     else
         echo "== ZeRO-3 skipped: $([[ $cpu == 1 ]] && echo 'no CUDA' || echo 'deepspeed is not installed')" >&2
     fi
+    # One GPU's recipe for big models: an adapter on the frozen base, 4-bit on CUDA (QLoRA).
+    # The CPU has no bitsandbytes kernels: there the same path runs as LoRA on the fp32 base.
+    local lora=(--lora 16)
+    (( cpu )) || lora+=(--qlora)
+    if (( cpu )) || "$py" -c 'import bitsandbytes' 2>/dev/null; then
+        echo "== Mask-DPO, $([[ $cpu == 1 ]] && echo 'LoRA r 16 on the CPU' || echo 'QLoRA r 16 on the 4-bit base, 1 GPU')" >&2
+        "$py" -m maskdpo_cli.cli train "$out/pairs.jsonl" "${train[@]}" "${lora[@]}" --work-dir "$out/lora" \
+            && runs+=("$out/lora") || echo "LoRA: FAILED (see $out/lora/xtuner_stdout.log)" >&2
+    else
+        echo "== QLoRA skipped: bitsandbytes is not installed (gpu_check.sh install runs/gpu/wheels/3)" >&2
+    fi
 
     echo "== checks and figures" >&2
     "$py" - "$out" "$cpu" "${runs[@]}" <<'PY'
@@ -179,6 +197,18 @@ for run in runs:
     print(f"training ({run.name}): {summary['train_pairs_per_s']} pairs/s, {summary['train_tokens_per_s']} tokens/s, "
           f"peak GPU memory {summary.get('peak_gpu_memory_gb')} GiB, reference pass {summary['reference_seconds']:.1f} s, "
           f"first-step loss {first['loss']:.6f} ({'= ln 2' if ok else 'NOT ln 2'})")
+    if (run / "adapter").is_dir():  # LoRA/QLoRA: the adapter on the base gives the merged model's logits
+        from peft import PeftModel
+        from maskdpo_cli.xtuner_ext.lora import without_bitsandbytes
+        ids = torch.tensor([[1, 400, 2500, 17, 9000, 33, 2]])
+        with torch.no_grad(), without_bitsandbytes():
+            merged = AutoModelForCausalLM.from_pretrained(run / "hf", torch_dtype=torch.float32)(input_ids=ids).logits
+            base = AutoModelForCausalLM.from_pretrained(out / "model", torch_dtype=torch.float32)
+            adapted = PeftModel.from_pretrained(base, str(run / "adapter"))(input_ids=ids).logits
+        # W/hf is bf16 (the base's precision): rounding of the merged weights, not of the adapter.
+        gap = ((adapted - merged).abs().max() / merged.abs().max()).item()
+        failed += [] if gap < 0.05 else [f"{run.name}: W/adapter on the base differs from W/hf by {gap:.1%}"]
+        print(f"export ({run.name}): W/adapter + base vs merged W/hf, largest logit gap {gap:.2%} of the largest logit")
 
 # The same pairs through the same model: fp32 on the CPU against bf16 autocast on the device.
 tokenizer = load_tokenizer(str(out / "model"))

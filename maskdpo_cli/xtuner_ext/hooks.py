@@ -192,7 +192,8 @@ class HFExportHook(Hook):
 
     The directory is written next to the target and renamed over it, so W/hf is either
     the previous complete export or the new one. Under DeepSpeed ZeRO-3 the shards are
-    gathered first (all ranks take part; rank 0 writes).
+    gathered first (all ranks take part; rank 0 writes). A LoRA run also writes its
+    adapter, W/adapter, and W/hf holds base + adapter merged (`xtuner_ext.lora`).
     """
 
     priority = "LOWEST"
@@ -211,23 +212,41 @@ class HFExportHook(Hook):
         state_dict = _gathered_state_dict(runner)
         if not is_main_process():
             return
-        llm = _unwrap(runner.model).llm
-        target = Path(runner.work_dir) / self.out_dir
-        staging = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        llm.config.use_cache = True  # training turned it off; generation wants it
-        if state_dict is None:
-            llm.save_pretrained(staging, safe_serialization=True)
-        else:
-            prefix = "llm."
-            llm.save_pretrained(staging, safe_serialization=True,
-                                state_dict={k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
-        _export_tokenizer(runner, llm).save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        model = _unwrap(runner.model)
+        llm = model.llm
         from maskdpo_cli.progress import stderr
 
+        if getattr(model, "use_lora", False):
+            from maskdpo_cli.xtuner_ext.lora import export_lora
+
+            adapter, merged = export_lora(llm, Path(runner.work_dir), self.out_dir, _export_tokenizer(runner, llm))
+            stderr.print(f"exported the LoRA adapter to {adapter} and the merged model to {merged}", highlight=False)
+            return
+        llm.config.use_cache = True  # training turned it off; generation wants it
+
+        def write(staging: Path) -> None:
+            if state_dict is None:
+                llm.save_pretrained(staging, safe_serialization=True)
+            else:
+                prefix = "llm."
+                llm.save_pretrained(staging, safe_serialization=True,
+                                    state_dict={k[len(prefix):]: v for k, v in state_dict.items()
+                                                if k.startswith(prefix)})
+            _export_tokenizer(runner, llm).save_pretrained(staging)
+
+        target = replace_dir(Path(runner.work_dir) / self.out_dir, write)
         stderr.print(f"exported the trained model to {target}", highlight=False)
+
+
+def replace_dir(target: Path, write: Any) -> Path:
+    """`write(staging)` fills a directory next to `target`, which is then renamed over it: a
+    reader sees the previous complete directory or the new one, never a half-written one."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
 def _export_tokenizer(runner: Any, llm: Any) -> Any:

@@ -12,6 +12,10 @@ XTuner's own `DPO` where that one is slow or wrong for us:
 - no labels go into the HF forward (that would compute an unused cross-entropy over the
   vocabulary), and the vocabulary projection runs only at the positions in the loss
   (on the CPU, a chunk of positions at a time: the full logits never exist).
+
+With `lora=dict(type="peft.LoraConfig", ...)` (`--lora R`) the LLM is a peft model: a
+frozen base and a trainable adapter (`xtuner_ext.lora`); XTuner's state_dict then holds
+the adapter only, so checkpoints do too.
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ class MaskDPO(SupervisedFinetune):
         # A plain attribute, not a buffer: it is data, rebuilt from the cache on resume,
         # and must stay out of checkpoints and the exported model.
         self.reference_logps: torch.Tensor | None = None
+
+    def _prepare_for_lora(self, peft_model: Any = None, use_activation_checkpointing: bool = True) -> None:
+        """XTuner's LoRA wrapping, without casting a bf16 base to fp32 and without
+        bitsandbytes unless the base is quantized (see `xtuner_ext.lora.wrap_in_lora`)."""
+        from mmengine.runner import load_checkpoint
+
+        from maskdpo_cli.xtuner_ext.lora import wrap_in_lora
+
+        self.llm = wrap_in_lora(self.llm, self.lora, use_activation_checkpointing)
+        if peft_model is not None:
+            load_checkpoint(self, peft_model)
 
     def set_reference_logps(self, table: torch.Tensor) -> None:
         """(num_pairs, 2) reference log-prob sums, [chosen, rejected], indexed by dataset index."""

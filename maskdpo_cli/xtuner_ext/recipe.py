@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.train_config import TrainConfig
+from maskdpo_cli.train_config import DEFAULT_LORA_DROPOUT, TrainConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 DEFAULT_RECIPE = "smollm2_135m_instruct_maskdpo"
@@ -52,6 +52,16 @@ RECIPE_KEYS_IF_PRESENT: dict[str, tuple[str, ...]] = {
 }
 # Defaults of fields whose key a recipe may leave out.
 DEFAULTS = {"beta": 0.1, "max_length": None}
+# LoRA is a block, not a value: peft's LoraConfig as a dict at LORA_KEY and, for QLoRA, a
+# bitsandbytes config at QUANTIZATION_KEY. `apply_lora` writes r, lora_alpha and
+# lora_dropout into the first (the recipe's other LoRA keys, e.g. target_modules, stay its
+# own) and adds or removes the blocks; `complete_lora` reads the recipe's values from them.
+LORA_KEY = "model.lora"
+QUANTIZATION_KEY = "model.llm.quantization_config"
+DTYPE_KEY = "model.llm.torch_dtype"
+# QLoRA's base: 4-bit NormalFloat with double quantization, computing in bf16 (Dettmers et al., 2023).
+QLORA_QUANTIZATION = dict(type="transformers.BitsAndBytesConfig", load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype="torch.bfloat16")
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,13 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 def _has(cfg: Any, key: str) -> bool:
     missing = object()
     return _get(cfg, key, missing) is not missing
+
+
+def _pop(cfg: Any, key: str) -> None:
+    *parents, leaf = key.split(".")
+    node = _get(cfg, ".".join(parents)) if parents else cfg
+    if isinstance(node, dict) and leaf in node:
+        node.pop(leaf)
 
 
 def _set(cfg: Any, key: str, value: Any) -> None:
@@ -207,7 +224,50 @@ def apply_config(cfg: Any, config: TrainConfig, layout: BatchLayout, *, pairs_fi
             if _has(cfg, key):
                 _set(cfg, key, values[name])
     _fit_schedulers(cfg, values["epochs"] / recipe_epochs, layout.iters_per_epoch)
+    apply_lora(cfg, config)
     if not cuda and cfg.get("model_wrapper_cfg") is None:
         # mmengine gives DDP device_ids=[LOCAL_RANK], which DDP refuses for a CPU module;
         # a value in the config wins over that default. Unused by a single process.
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+def complete_lora(config: TrainConfig, cfg: Any, *, cuda: bool) -> TrainConfig:
+    """The LoRA fields of a config completed from the recipe: rank 0 without LoRA; alpha 2R
+    unless given (or the recipe's, with the recipe's rank); dropout DEFAULT_LORA_DROPOUT unless given."""
+    own = _get(cfg, LORA_KEY) or {}
+    rank = config.lora if config.lora is not None else int(own.get("r") or 0)
+    qlora = config.qlora if config.qlora is not None else _get(cfg, QUANTIZATION_KEY) is not None
+    if not rank:
+        # The recipe's quantization goes with its adapter; --qlora without one is refused here.
+        return replace(config, lora=0, qlora=config.qlora)
+    alpha = config.lora_alpha or (own.get("lora_alpha") if config.lora is None else None) or 2 * rank
+    dropout = config.lora_dropout if config.lora_dropout is not None else own.get("lora_dropout")
+    config = replace(config, lora=rank, lora_alpha=float(alpha), qlora=qlora,
+                     lora_dropout=float(DEFAULT_LORA_DROPOUT if dropout is None else dropout))
+    if qlora and not cuda:
+        raise MaskDPOError("--qlora needs a CUDA GPU (bitsandbytes' 4-bit base) and none is in use here; "
+                           "on the CPU train the adapter on the full-precision base: --lora R without --qlora")
+    return config
+
+
+def apply_lora(cfg: Any, config: TrainConfig) -> None:
+    """Write a complete config's LoRA settings into the recipe (LORA_KEY, QUANTIZATION_KEY), or remove them."""
+    if not config.lora:
+        if _has(cfg, LORA_KEY):
+            _set(cfg, LORA_KEY, None)  # SupervisedFinetune's default: full fine-tuning
+        _pop(cfg, QUANTIZATION_KEY)
+        return
+    settings = dict(r=config.lora, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    if _get(cfg, LORA_KEY):
+        _get(cfg, LORA_KEY).update(settings)  # in place: the recipe's own `type` stays as it was loaded
+    else:  # None for target_modules: every linear layer of the decoder (xtuner_ext.lora.wrap_in_lora)
+        _set(cfg, LORA_KEY, dict(type="peft.LoraConfig", task_type="CAUSAL_LM", bias="none",
+                                 target_modules=None, **settings))
+    if not config.qlora:
+        _pop(cfg, QUANTIZATION_KEY)
+    elif _get(cfg, QUANTIZATION_KEY) is None:
+        _set(cfg, QUANTIZATION_KEY, dict(QLORA_QUANTIZATION))
+        if _get(cfg, DTYPE_KEY) is None:
+            _set(cfg, DTYPE_KEY, "torch.bfloat16")  # the weights bitsandbytes leaves unquantized

@@ -94,6 +94,8 @@ class ReferenceLogpHook(Hook):
         path = Path(runner.work_dir) / self.cache_file
         load_from = None if runner.cfg.get("resume") else runner.cfg.get("load_from")
         fingerprint = model_fingerprint(model.llm.config._name_or_path, load_from)
+        if getattr(model.llm, "is_loaded_in_4bit", False):  # QLoRA: the reference is the 4-bit base
+            fingerprint += "|4bit"
         cache = load_cache(path, fingerprint)
         missing = [i for i, key in enumerate(keys) if key not in cache]
         if missing:
