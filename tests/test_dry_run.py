@@ -144,3 +144,18 @@ def test_an_error_is_one_line_on_stderr_and_nothing_on_stdout(tiny, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "sculptor" in done.stderr
+
+
+def test_a_lora_plan_counts_only_the_adapter_as_trained_and_qlora_needs_cuda(tiny, tmp_path, capsys):
+    from maskdpo_cli.memory_plan import lora_parameters, LlamaShape
+
+    pairs, args = tiny
+    code, out, err = run_cli(["train", pairs, *args, "--batch-size", "2", "--lora", "4", "--dry-run"], capsys)
+    assert code == 0 and out == "", err
+    assert "LoRA rank 4" in err
+    config = json.loads((Path(args[1]) / "config.json").read_text())
+    trained = int(re.search(r"\(([\d,]+) trained\)", err).group(1).replace(",", ""))
+    assert trained == lora_parameters(LlamaShape.from_config(config), 4)  # the adapter alone
+    assert not (tmp_path / "W").exists()
+    code, out, err = run_cli(["train", pairs, *args, "--lora", "4", "--qlora", "--dry-run"], capsys)
+    assert code == 2 and "CUDA" in err and len(err.strip().splitlines()) == 1
