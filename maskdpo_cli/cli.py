@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
-from maskdpo_cli.progress import stderr
+from maskdpo_cli.progress import keep_library_logs_off_stdout, stderr
 
 app = typer.Typer(
     name="maskdpo",
@@ -367,6 +367,7 @@ def _print_error(kind: str, message: str) -> None:
 
 def main() -> None:
     """Entry point: turns errors into one line and the documented exit codes."""
+    keep_library_logs_off_stdout()
     try:
         app()  # usage errors are Typer's: a message and exit code 2
     except MaskDPOError as err:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -635,3 +638,18 @@ def test_world_make_cli_takes_kinds_and_questions_per_topic(tmp_path):
     assert world["kinds"] == ["person", "ship", "inn"] and all("kind" in t for t in world["topics"])
     bad = make("--kinds", "4", "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--kinds" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_commands_that_save_a_model_keep_stdout_clean_of_library_logs(tmp_path):
+    # transformers imports DeepSpeed (installed by `make install`) when it saves a model, and
+    # DeepSpeed's logger writes to stdout; in a pipeline stdout is for records only.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cli = [sys.executable, "-m", "maskdpo_cli.cli", "world"]
+    made = subprocess.run([*cli, "make", "-o", str(tmp_path / "w"), "--quick"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    done = subprocess.run([*cli, "pretrain", str(tmp_path / "w"), "-o", str(tmp_path / "p"), "--steps", "2",
+                           "--quick"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "p" / "config.json").is_file()
+    assert done.stdout == "" and "accelerator" not in done.stderr  # DeepSpeed's notice is not ours to print
