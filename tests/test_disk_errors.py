@@ -201,6 +201,7 @@ def test_report_on_a_full_disk_and_into_a_read_only_directory(tmp_path, readonly
     assert snapshot(out) == before
 
 
+@pytest.mark.slow  # embeds with a policy twice (about 6 s)
 def test_cluster_on_a_full_disk_keeps_the_previous_splits(tmp_path, world, tiny_llama_path):
     out = tmp_path / "clusters"
     out.mkdir()

@@ -138,6 +138,7 @@ def test_merged_model_loads_plainly_and_the_adapter_gives_its_logits(trained):
     assert rounding < 1e-4 and trained_shift > 100 * rounding, (rounding, trained_shift)
 
 
+@pytest.mark.slow  # two more XTuner starts after training (about 15 s)
 def test_run_json_records_the_adapter_and_a_resume_with_another_is_refused(trained):
     record = json.loads((trained["work"] / "run.json").read_text())
     assert record["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.05, "qlora": False}
@@ -151,6 +152,7 @@ def test_run_json_records_the_adapter_and_a_resume_with_another_is_refused(train
 
 # ----------------------------------------------------------------------------- refusals, before anything is written
 
+@pytest.mark.slow  # two CLI runs that import XTuner before refusing (about 14 s)
 def test_qlora_without_cuda_is_one_line_exit_2_and_nothing_written(tiny_llama_path, tmp_path):
     pairs = alma_pairs(tmp_path / "pairs.jsonl", 2)
     work = tmp_path / "W"

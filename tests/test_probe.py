@@ -63,6 +63,7 @@ def _eval(world_dir: Path, policy: Path, out: Path, probe: str) -> subprocess.Co
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow  # pretrains a world policy, then two evals with the probe (about 20 s)
 def test_eval_probe_on_a_pretrained_world_policy_is_in_range_and_repeatable(world_dir, tmp_path):
     policy = tmp_path / "policy"
     pretrain(str(world_dir), str(policy), steps=40, seed=5, quick=True)

@@ -640,6 +640,7 @@ def test_world_make_cli_takes_kinds_and_questions_per_topic(tmp_path):
     assert bad.returncode == 2 and "--kinds" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # two CLI processes, one pretraining a policy
 def test_commands_that_save_a_model_keep_stdout_clean_of_library_logs(tmp_path):
     # transformers imports DeepSpeed (installed by `make install`) when it saves a model, and
     # DeepSpeed's logger writes to stdout; in a pipeline stdout is for records only.
