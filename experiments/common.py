@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -63,9 +65,12 @@ class Settings:
         return cls()
 
 
-def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9)) -> argparse.Namespace:
-    """The options every study script takes."""
+def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9),
+               extra: Any = None) -> argparse.Namespace:
+    """The options every study script takes; `extra(parser)` adds a script's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if extra:
+        extra(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
                         help=f"World seeds (default {' '.join(map(str, seeds))}).")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, for the test suite: not for conclusions.")
@@ -78,13 +83,19 @@ def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9)) -> argp
 # ---------------------------------------------------------------- running commands
 
 
-def maskdpo(*args: str | Path) -> None:
-    """Run one maskdpo command; its progress goes to our stderr, a failure stops the study."""
+def maskdpo(*args: str | Path) -> dict[str, float]:
+    """Run one maskdpo command; its progress goes to our stderr, a failure stops the study.
+    Returns its wall seconds and the peak resident memory of its process (GiB; of the largest
+    process for a multi-process run, whose workers are its children)."""
     argv = [str(a) for a in args]
     print(f"$ maskdpo {shlex.join(argv)}", file=sys.stderr, flush=True)
-    code = subprocess.run([*MASKDPO, *argv]).returncode
+    started = time.perf_counter()
+    proc = subprocess.Popen([*MASKDPO, *argv])
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     if code:  # the command said why on stderr; rerunning the study resumes from here
         sys.exit(f"experiments: `maskdpo {argv[0]}` failed (exit {code}); see its message above")
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
 
 
 def done(path: Path) -> bool:
@@ -136,12 +147,16 @@ def prepare(root: Path, seed: int, s: Settings, shared_runs: bool = True) -> See
     return run
 
 
-def train(run: SeedRun, pairs: Path, work: Path, s: Settings, *, mask: bool = True) -> Path:
-    """Mask-DPO (or DPO with mask=False) from the seed's policy; returns the trained hf/ folder."""
+def train(run: SeedRun, pairs: Path, work: Path, s: Settings, *, mask: bool = True, lr: float | None = None,
+          extra: list[str] = ()) -> Path:
+    """Mask-DPO (or DPO with mask=False) from the seed's policy, at the study's lr unless `lr` is
+    given, `extra` flags added (e.g. --lora 8); returns the trained hf/ folder. The wall time and
+    peak memory of the run go to WORK/measured.json (a resumed run's cover its last invocation)."""
     if not done(work / "hf" / "config.json"):
-        maskdpo("train", pairs, "--model", run.policy, "--work-dir", work, "--recipe", "tiny_cpu_maskdpo",
-                "--beta", s.beta, "--epochs", s.epochs, "--lr", s.lr, "--batch-size", s.batch_size,
-                "--gpus", "0", "--seed", run.seed, *([] if mask else ["--no-mask"]))
+        measured = maskdpo("train", pairs, "--model", run.policy, "--work-dir", work, "--recipe", "tiny_cpu_maskdpo",
+                           "--beta", s.beta, "--epochs", s.epochs, "--lr", lr or s.lr, "--batch-size", s.batch_size,
+                           "--gpus", "0", "--seed", run.seed, *([] if mask else ["--no-mask"]), *extra)
+        (work / "measured.json").write_text(json.dumps(measured) + "\n", encoding="utf-8")
     return work / "hf"
 
 
@@ -198,11 +213,54 @@ FACT_COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
+# metric -> (column title, how to read it from summary.json)
+ANSWER_METRICS: dict[str, tuple[str, Any]] = {
+    "score": ("% score", lambda s: s.get("score")),
+    "filler": ("no fact / answer", lambda s: s["per_answer"]["nofact"]),
+    "correct_facts": ("correct facts / answer", lambda s: s["per_answer"].get("facts_correct")),
+    "incorrect_facts": ("incorrect facts / answer", lambda s: s["per_answer"].get("facts_incorrect")),
+    "fact_precision": ("% fact precision", lambda s: s.get("fact_precision")),
+    "atomic_precision": ("% atomic precision", lambda s: s.get("atomic_fact_precision")),
+    "probe": ("% probe", lambda s: None if s.get("probe_accuracy") is None else 100 * s["probe_accuracy"]),
+}
+
+
+def t_interval(diffs: list[float]) -> dict[str, float | None]:
+    """Mean of paired differences with its 95% t-interval over seeds (None bounds below 2 seeds)."""
+    from scipy import stats
+
+    n, mean = len(diffs), statistics.mean(diffs)
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)  # plain floats: JSON
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def paired(values: dict[str, dict[int, dict[str, float | None]]], arm: str, against: str, metric: str,
+           seeds: list[int]) -> dict[str, float | None] | None:
+    """Arm minus `against`, seed by seed, with its 95% t-interval (None when nothing to compare)."""
+    diffs = [values[arm][s][metric] - values[against][s][metric] for s in seeds
+             if values[arm][s][metric] is not None and values[against][s][metric] is not None]
+    return t_interval(diffs) if diffs else None
+
+
+def fmt_interval(stat: dict[str, float | None] | None) -> str:
+    if stat is None:
+        return "-"
+    if stat["low"] is None:
+        return f"{stat['mean']:+.2f}"
+    return f"{stat['mean']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
+
+
 def mean_sd(values: list[float | None]) -> tuple[float, float] | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_value(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def fmt(stat: tuple[float, float] | None) -> str:

@@ -30,8 +30,6 @@ under --tables (per-seed values in the JSON).
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -52,16 +50,7 @@ ARMS = {"dpo": ("paper", False), "maskdpo": ("paper", True), "maskdpo-neutral": 
 ARM_NAMES = ["base", *ARMS]
 REFERENCE = "maskdpo"  # the paper's method: the second baseline of the paired differences
 
-# metric -> (column title, how to read it from summary.json)
-METRICS: dict[str, tuple[str, Any]] = {
-    "score": ("% score", lambda s: s.get("score")),
-    "filler": ("no fact / answer", lambda s: s["per_answer"]["nofact"]),
-    "correct_facts": ("correct facts / answer", lambda s: s["per_answer"].get("facts_correct")),
-    "incorrect_facts": ("incorrect facts / answer", lambda s: s["per_answer"].get("facts_incorrect")),
-    "fact_precision": ("% fact precision", lambda s: s.get("fact_precision")),
-    "atomic_precision": ("% atomic precision", lambda s: s.get("atomic_fact_precision")),
-    "probe": ("% probe", lambda s: None if s.get("probe_accuracy") is None else 100 * s["probe_accuracy"]),
-}
+METRICS = common.ANSWER_METRICS  # score, filler, facts per answer, precisions, probe
 # The bar, against base (issue 18): per seed...
 INCORRECT_DROP = 0.15   # incorrect facts per answer fall by at least 15%
 CORRECT_KEEP = 0.98     # correct facts per answer stay at or above 0.98 of base
@@ -71,17 +60,6 @@ EPS = 1e-9
 
 
 # ---------------------------------------------------------------- statistics
-
-
-def t_interval(diffs: list[float]) -> dict[str, float | None]:
-    """Mean of paired differences with its 95% t-interval over seeds (None bounds below 2 seeds)."""
-    from scipy import stats
-
-    n, mean = len(diffs), statistics.mean(diffs)
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n}
-    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)  # plain floats: JSON
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def seed_checks(arm: dict[str, float | None], base: dict[str, float | None]) -> dict[str, bool]:
@@ -98,18 +76,11 @@ def seed_checks(arm: dict[str, float | None], base: dict[str, float | None]) -> 
 def verdict(values: dict[str, dict[int, dict[str, float | None]]], arm: str, seeds: list[int]) -> dict[str, Any]:
     """Does `arm` know more rather than say less? Every condition, per seed and overall."""
     checks = {seed: seed_checks(values[arm][seed], values["base"][seed]) for seed in seeds}
-    probe = paired(values, arm, "base", "probe", seeds)
+    probe = common.paired(values, arm, "base", "probe", seeds)
     every_seed = {name: all(c[name] for c in checks.values()) for name in next(iter(checks.values()))}
     probe_up = probe is not None and probe["low"] is not None and probe["low"] > 0
     return {"per_seed": {str(s): c for s, c in checks.items()}, "on_every_seed": every_seed,
             "probe_rises": probe_up, "knows_more": all(every_seed.values()) and probe_up}
-
-
-def paired(values: dict[str, dict[int, dict[str, float | None]]], arm: str, against: str, metric: str,
-           seeds: list[int]) -> dict[str, float | None] | None:
-    diffs = [values[arm][s][metric] - values[against][s][metric] for s in seeds
-             if values[arm][s][metric] is not None and values[against][s][metric] is not None]
-    return t_interval(diffs) if diffs else None
 
 
 # ---------------------------------------------------------------- running the arms
@@ -150,22 +121,10 @@ def run_seed(run: common.SeedRun, settings: common.Settings) -> tuple[dict[str, 
 # ---------------------------------------------------------------- outputs
 
 
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _interval(stat: dict[str, float | None] | None) -> str:
-    if stat is None:
-        return "-"
-    if stat["low"] is None:
-        return f"{stat['mean']:+.2f}"
-    return f"{stat['mean']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
-
-
 def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
                   info: dict[int, dict[str, Any]], settings: common.Settings, started: float) -> dict[str, Any]:
     means = {arm: {m: common.mean_sd([values[arm][s][m] for s in seeds]) for m in METRICS} for arm in ARM_NAMES}
-    diffs = {against: {arm: {m: paired(values, arm, against, m, seeds) for m in METRICS}
+    diffs = {against: {arm: {m: common.paired(values, arm, against, m, seeds) for m in METRICS}
                        for arm in ARM_NAMES if arm != against} for against in ("base", REFERENCE)}
     verdicts = {arm: verdict(values, arm, seeds) for arm in ARMS}
     elapsed = time.time() - started
@@ -185,7 +144,7 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
         md += ["", f"Paired differences against {label}: mean [95% t-interval over seeds]", "",
                "| arm | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
         for arm, stats in diffs[against].items():
-            md.append(f"| {arm} | " + " | ".join(_interval(stats[m]) for m in METRICS) + " |")
+            md.append(f"| {arm} | " + " | ".join(common.fmt_interval(stats[m]) for m in METRICS) + " |")
     md += ["", "Knows more rather than says less (against base: incorrect facts / answer -15% or more, correct "
                "facts / answer at least 0.98 of base, filler / answer +0.2 or less, each on every seed; and the "
                "probe's paired interval above 0):", "",

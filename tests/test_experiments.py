@@ -1,4 +1,4 @@
-"""experiments/: the three generalization studies and the fact-level study run end to end (--quick) and
+"""experiments/: the three generalization studies, the fact-level study and full vs LoRA run end to end (--quick) and
 write well-formed tables."""
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
     assert "$ maskdpo train" not in proc.stderr and "$ maskdpo world" not in proc.stderr
 
     _check_fact_level(runs, tables)  # on the same seed's world, policy and annotations
+    _check_lora_vs_full(runs, tables)
 
 
 ARMS = ["base", "dpo", "maskdpo", "maskdpo-neutral", "maskdpo-span", "maskdpo-span-neutral", "dpo-neutral"]
@@ -104,8 +105,32 @@ def _check_fact_level(runs: Path, tables: Path) -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
 
+def _check_lora_vs_full(runs: Path, tables: Path) -> None:
+    # the sweep on the study's own seed here, so that the suite pretrains no second policy
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "lora_vs_full.py"), "--quick", "--seeds", "3",
+                           "--sweep-seed", "3", "-o", str(runs), "--tables", str(tables)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tables / "lora_vs_full.json").read_text())
+    sweep = data["sweep"]
+    assert set(sweep["scores"]) == {"full", "lora-lr0.0001", "lora-lr0.001"}
+    best = max(sweep["scores"][f"lora-lr{lr:g}"] for lr in (1e-4, 1e-3))
+    assert sweep["scores"][f"lora-lr{data['lora']['lr']:g}"] == best  # the best-scoring rate is the one used
+    for arm in ("full", "lora"):
+        figures = data["per_seed"][arm]["3"]
+        assert figures["train_s"] > 0 and 0.1 < figures["peak_rss_gib"] < 24
+        assert 0.0 <= figures["score"] <= 100.0
+    # LoRA really trained an adapter, at the chosen rate, next to a full run of the same pairs
+    lora_run = json.loads((runs / "seed3" / "lora_study" / f"lora-lr{data['lora']['lr']:g}" / "run.json").read_text())
+    assert lora_run["lora"]["r"] == 8 and lora_run["lr"] == data["lora"]["lr"]
+    assert "lora" not in json.loads((runs / "seed3" / "lora_study" / "full" / "run.json").read_text())
+    diff = data["paired"]["lora - full"]["score"]
+    assert diff["mean"] == pytest.approx(data["per_seed"]["lora"]["3"]["score"] - data["per_seed"]["full"]["3"]["score"])
+
+
 def test_fact_level_verdict_by_hand():
     sys.path.insert(0, str(ROOT / "experiments"))
+    import common
     import fact_level
 
     base = {"incorrect_facts": 2.0, "correct_facts": 2.0, "filler": 0.5, "probe": 50.0}
@@ -122,5 +147,5 @@ def test_fact_level_verdict_by_hand():
     c = fact_level.verdict(values, "c", seeds)  # the probe rises on average, but its interval includes 0
     assert all(c["on_every_seed"].values()) and c["probe_rises"] is False and c["knows_more"] is False
     # probe differences 2, 3, 4: mean 3, sd 1, t(0.975, 2) = 4.303 -> 3 ± 2.484
-    interval = fact_level.paired(values, "a", "base", "probe", seeds)
+    interval = common.paired(values, "a", "base", "probe", seeds)
     assert interval["mean"] == pytest.approx(3.0) and interval["low"] == pytest.approx(3 - 4.302653 / 3 ** 0.5)

@@ -1,0 +1,143 @@
+"""Does the gain survive LoRA? Full Mask-DPO against LoRA Mask-DPO on the world.
+
+    .venv/bin/python experiments/lora_vs_full.py [--seeds 7 8 9] [--sweep-seed 6] [--quick] [-o runs/experiments]
+
+1. LoRA's learning rate is chosen on a world seed of its own (--sweep-seed, not one of the
+   study's seeds, so that the choice is not fitted to the worlds it is then judged on):
+   Mask-DPO with a rank-8 adapter (alpha 16, dropout 0.05, every linear layer) is trained at
+   each rate of --sweep-lrs and scored on that world's test topics, beside full Mask-DPO at
+   the study's rate. The rate with the highest % score wins (a tie goes to the lower rate).
+2. For each study seed (experiments/common.py prepares world, policy and pairs), full
+   Mask-DPO (the demo's lr 1e-4) and LoRA Mask-DPO at the chosen rate are trained on the
+   same pairs with the same seed and hyper-parameters, and scored with the base on the test
+   topics: % score, the fact metrics per answer, and each training run's wall time and peak
+   resident memory.
+
+Reports mean ± sd over seeds and the paired differences LoRA minus full and LoRA minus base,
+with 95% t-intervals. Writes lora_vs_full.{md,json} under --tables (per-seed values in the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+RANK = 8        # the policy's hidden size is 128: a rank-8 adapter is 1/16 of it
+SWEEP_LRS = {False: [1e-4, 3e-4, 1e-3, 3e-3], True: [1e-4, 1e-3]}
+ARMS = ("base", "full", "lora")
+METRICS = {m: common.ANSWER_METRICS[m] for m in
+           ("score", "filler", "correct_facts", "incorrect_facts", "fact_precision", "atomic_precision")}
+COST = {"train_s": "train wall s", "peak_rss_gib": "train peak RSS GiB"}
+
+
+def lora_flags(rank: int = RANK) -> list[str]:
+    return ["--lora", str(rank), "--lora-alpha", str(2 * rank), "--lora-dropout", "0.05"]
+
+
+def measured(work: Path) -> dict[str, float]:
+    """Wall seconds and peak RSS of the training run in `work` (written by common.train)."""
+    m = json.loads((work / "measured.json").read_text(encoding="utf-8"))
+    return {"train_s": m["wall_s"], "peak_rss_gib": m["peak_rss_gib"]}
+
+
+def sweep(root: Path, seed: int, s: common.Settings, lrs: list[float]) -> dict[str, Any]:
+    """Score LoRA Mask-DPO at every rate on the sweep world; the best rate and every score."""
+    run = common.prepare(root, seed, s, shared_runs=False)
+    d = run.dir / "lora_sweep"
+    models = {"full": common.train(run, run.pairs, d / "full", s)}
+    for lr in lrs:
+        models[f"lora-lr{lr:g}"] = common.train(run, run.pairs, d / f"lora-lr{lr:g}", s, lr=lr, extra=lora_flags())
+    summaries = common.evaluate(run, models, d / "eval", s)
+    scores = {name: summaries[name]["score"] for name in models}
+    lora_scores = {lr: scores[f"lora-lr{lr:g}"] for lr in lrs}
+    best = max(sorted(lrs), key=lambda lr: lora_scores[lr])  # max keeps the first (lowest) of equal scores
+    return {"seed": seed, "scores": scores, "fact_precision": {n: summaries[n].get("fact_precision") for n in models},
+            "best_lr": best}
+
+
+def run_seed(root: Path, seed: int, s: common.Settings, lr: float) -> dict[str, dict[str, float | None]]:
+    """Base, full and LoRA Mask-DPO on one study seed: every metric and cost, by arm."""
+    run = common.prepare(root, seed, s, shared_runs=False)
+    d = run.dir / "lora_study"
+    full = common.train(run, run.pairs, d / "full", s)
+    lora = common.train(run, run.pairs, d / f"lora-lr{lr:g}", s, lr=lr, extra=lora_flags())
+    summaries = common.evaluate(run, {"base": run.policy, "full": full, "lora": lora}, d / f"eval-lr{lr:g}", s)
+    values = {arm: {m: get(summaries[arm]) for m, (_, get) in METRICS.items()} for arm in ARMS}
+    values["base"].update({c: None for c in COST})
+    values["full"].update(measured(full.parent))
+    values["lora"].update(measured(lora.parent))
+    return values
+
+
+def write_outputs(tables: Path, swept: dict[str, Any], values: dict[str, dict[int, dict[str, float | None]]],
+                  seeds: list[int], s: common.Settings, started: float) -> None:
+    columns = {**{m: title for m, (title, _) in METRICS.items()}, **COST}
+    means = {arm: {c: common.mean_sd([values[arm][seed][c] for seed in seeds]) for c in columns} for arm in ARMS}
+    diffs = {(arm, against): {c: common.paired(values, arm, against, c, seeds) for c in columns}
+             for arm, against in (("lora", "full"), ("lora", "base"), ("full", "base"))}
+    elapsed = time.time() - started
+    command = common.command_line()
+    lr = swept["best_lr"]
+    md = ["### Full Mask-DPO against LoRA Mask-DPO", "", f"Command: `{command}`", "",
+          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
+          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if s.quick else ''}.",
+          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps). Full: lr {s.lr:g}. "
+          f"LoRA: rank {RANK}, alpha {2 * RANK}, dropout 0.05, every linear layer, lr {lr:g}.", "",
+          f"LoRA's learning rate, swept on world seed {swept['seed']} (% score on its test topics; "
+          f"full Mask-DPO at lr {s.lr:g}: {common.fmt_value(swept['scores']['full'])}):", "",
+          "| lr | " + " | ".join(f"{k.removeprefix('lora-lr')}" for k in swept["scores"] if k != "full") + " |",
+          "|---|" + "---:|" * (len(swept["scores"]) - 1),
+          "| % score | " + " | ".join(common.fmt_value(v) for k, v in swept["scores"].items() if k != "full") + " |",
+          "| % fact precision | " + " | ".join(common.fmt_value(v) for k, v in swept["fact_precision"].items()
+                                             if k != "full") + " |",
+          "", f"Chosen: lr {lr:g}.", "",
+          "| arm | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    for arm in ARMS:
+        md.append(f"| {arm} | " + " | ".join(common.fmt(means[arm][c]) for c in columns) + " |")
+    md += ["", "Paired differences: mean [95% t-interval over seeds]", "",
+           "| difference | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    for (arm, against), stats in diffs.items():
+        md.append(f"| {arm} - {against} | " + " | ".join(common.fmt_interval(stats[c]) for c in columns) + " |")
+    text = "\n".join(md) + "\n"
+    data = {"title": "full vs LoRA Mask-DPO", "command": command, "seeds": seeds, "settings": asdict(s),
+            "elapsed_s": round(elapsed, 1), "lora": {"rank": RANK, "alpha": 2 * RANK, "dropout": 0.05, "lr": lr},
+            "sweep": swept, "columns": columns,
+            "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in ARMS},
+            "mean_sd": {arm: {c: (None if st is None else {"mean": st[0], "sd": st[1]}) for c, st in ms.items()}
+                        for arm, ms in means.items()},
+            "paired": {f"{a} - {b}": st for (a, b), st in diffs.items()}}
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / "lora_vs_full.md").write_text(text, encoding="utf-8")
+    (tables / "lora_vs_full.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(text)
+
+
+def main() -> None:
+    args = common.parse_args(__doc__, "runs/experiments", seeds=[7, 8, 9],
+                             extra=lambda p: (p.add_argument("--sweep-seed", type=int, default=6,
+                                                             help="World seed of the learning-rate sweep "
+                                                                  "(default 6: not a study seed)."),
+                                              p.add_argument("--sweep-lrs", type=float, nargs="+", default=None,
+                                                             help="LoRA learning rates to try (default "
+                                                                  "1e-4 3e-4 1e-3 3e-3).")))
+    settings = common.Settings.for_mode(args.quick)
+    started = time.time()
+    root, tables = Path(args.output), Path(args.tables)
+    swept = sweep(root, args.sweep_seed, settings, args.sweep_lrs or SWEEP_LRS[args.quick])
+    values: dict[str, dict[int, dict[str, float | None]]] = {arm: {} for arm in ARMS}
+    for seed in args.seeds:
+        for arm, figures in run_seed(root, seed, settings, swept["best_lr"]).items():
+            values[arm][seed] = figures
+    write_outputs(tables, swept, values, args.seeds, settings, started)
+
+
+if __name__ == "__main__":
+    main()
