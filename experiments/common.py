@@ -55,14 +55,30 @@ class Settings:
     replications: int = 2
     eval_temperature: float = 0.8
     best_of_questions: int | None = 24  # Table 6 scores this many test questions (spread over topics)
+    kinds: int = 1                      # `world make --kinds`: 1 is the default world (people only)
+    questions_per_topic: int = 1        # `world make --questions-per-topic`: questions about each asked entity
 
     @classmethod
-    def for_mode(cls, quick: bool) -> Settings:
+    def for_mode(cls, quick: bool, kinds: int = 1, questions_per_topic: int = 1) -> Settings:
+        world = {"kinds": kinds, "questions_per_topic": questions_per_topic}
         if quick:
             # the quick world's own pretraining (300 steps): fewer leaves a policy with no correct sentence
             return cls(quick=True, topics=None, samples_per_question=4, max_new_tokens=64, epochs=1,
-                       replications=1, best_of_questions=None)
-        return cls()
+                       replications=1, best_of_questions=None, **world)
+        return cls(**world)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls.for_mode(args.quick, args.kinds, args.questions_per_topic)
+
+    def seed_dir(self, root: Path, seed: int) -> Path:
+        """ROOT/seed<S> for the default world; another world's runs keep apart (ROOT/seed<S>-k<K>q<Q>)."""
+        if (self.kinds, self.questions_per_topic) == (1, 1):
+            return root / f"seed{seed}"
+        return root / f"seed{seed}-k{self.kinds}q{self.questions_per_topic}"
+
+    def world_flags(self) -> list[str]:
+        return ["--kinds", str(self.kinds), "--questions-per-topic", str(self.questions_per_topic)]
 
 
 def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9),
@@ -74,6 +90,10 @@ def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9),
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
                         help=f"World seeds (default {' '.join(map(str, seeds))}).")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, for the test suite: not for conclusions.")
+    parser.add_argument("--kinds", type=int, default=1, help="World kinds of entity (`world make --kinds`; "
+                        "default 1, the default world).")
+    parser.add_argument("--questions-per-topic", type=int, default=1,
+                        help="Questions about each asked entity (`world make --questions-per-topic`; default 1).")
     parser.add_argument("-o", "--output", default=default_out, help="Runs folder; rerun to resume.")
     parser.add_argument("--tables", default="experiments/results",
                         help="Where the table (Markdown, JSON) and its figure (PNG) go.")
@@ -122,11 +142,12 @@ class SeedRun:
 def prepare(root: Path, seed: int, s: Settings, shared_runs: bool = True) -> SeedRun:
     """World, policy, training pairs, Mask-DPO on all pairs and the base eval of one seed
     (the last two only with shared_runs: a study that trains and scores its own arms skips them)."""
-    d = root / f"seed{seed}"
+    d = s.seed_dir(root, seed)
     world, policy = d / "world", d / "world" / "policy"
     if not done(world / "world.json"):
         size = ["--topics", s.topics] if s.topics else []
-        maskdpo("world", "make", "--seed", seed, "-o", world, *size, *(["--quick"] if s.quick else []))
+        maskdpo("world", "make", "--seed", seed, "-o", world, *size, *(["--quick"] if s.quick else []),
+                *s.world_flags())
     if not done(policy / "config.json"):
         steps = ["--steps", s.pretrain_steps] if s.pretrain_steps else []
         maskdpo("world", "pretrain", world, "-o", policy, "--seed", seed, *steps, *(["--quick"] if s.quick else []))

@@ -194,7 +194,7 @@ def plot(diffs: dict[str, dict[str, dict[str, float | None] | None]], path: Path
 
 def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments", seeds=SEEDS)
-    settings = common.Settings.for_mode(args.quick)
+    settings = common.Settings.from_args(args)
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
     values: dict[str, dict[int, dict[str, float | None]]] = {arm: {} for arm in ARM_NAMES}

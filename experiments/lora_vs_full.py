@@ -128,7 +128,7 @@ def main() -> None:
                                               p.add_argument("--sweep-lrs", type=float, nargs="+", default=None,
                                                              help="LoRA learning rates to try (default "
                                                                   "1e-4 3e-4 1e-3 3e-3).")))
-    settings = common.Settings.for_mode(args.quick)
+    settings = common.Settings.from_args(args)
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
     swept = sweep(root, args.sweep_seed, settings, args.sweep_lrs or SWEEP_LRS[args.quick])

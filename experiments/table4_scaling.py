@@ -43,7 +43,7 @@ def subset(pairs: list[dict], axis: str, budget: int, seed: int) -> list[dict]:
 
 def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments")
-    settings = common.Settings.for_mode(args.quick)
+    settings = common.Settings.from_args(args)
     fractions = FRACTIONS[args.quick]
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)

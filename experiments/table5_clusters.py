@@ -29,7 +29,7 @@ SPLITS = ("near", "far", "random")
 
 def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments")
-    settings = common.Settings.for_mode(args.quick)
+    settings = common.Settings.from_args(args)
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
     results: dict[tuple[str, str], list[dict]] = {}

@@ -26,7 +26,7 @@ SIZES = {False: [1, 4, 16, 64], True: [1, 4]}
 
 def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments")
-    settings = common.Settings.for_mode(args.quick)
+    settings = common.Settings.from_args(args)
     sizes = SIZES[args.quick]
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
