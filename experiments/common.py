@@ -81,19 +81,21 @@ class Settings:
         return ["--kinds", str(self.kinds), "--questions-per-topic", str(self.questions_per_topic)]
 
 
-def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9),
-               extra: Any = None) -> argparse.Namespace:
-    """The options every study script takes; `extra(parser)` adds a script's own."""
+def parse_args(doc: str, default_out: str, seeds: list[int] = (7, 8, 9), extra: Any = None,
+               kinds: int = 1, questions_per_topic: int = 1) -> argparse.Namespace:
+    """The options every study script takes, with the script's default world; `extra(parser)`
+    adds a script's own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     if extra:
         extra(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
                         help=f"World seeds (default {' '.join(map(str, seeds))}).")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes, for the test suite: not for conclusions.")
-    parser.add_argument("--kinds", type=int, default=1, help="World kinds of entity (`world make --kinds`; "
-                        "default 1, the default world).")
-    parser.add_argument("--questions-per-topic", type=int, default=1,
-                        help="Questions about each asked entity (`world make --questions-per-topic`; default 1).")
+    parser.add_argument("--kinds", type=int, default=kinds,
+                        help=f"World kinds of entity (`world make --kinds`; default {kinds}).")
+    parser.add_argument("--questions-per-topic", type=int, default=questions_per_topic,
+                        help="Questions about each asked entity (`world make --questions-per-topic`; "
+                             f"default {questions_per_topic}).")
     parser.add_argument("-o", "--output", default=default_out, help="Runs folder; rerun to resume.")
     parser.add_argument("--tables", default="experiments/results",
                         help="Where the table (Markdown, JSON) and its figure (PNG) go.")
