@@ -139,24 +139,31 @@ def validate_annotated(obj: Record, path: str = "<input>", line: int | None = No
         previous_end = 0
         for j, sent in enumerate(sentences):
             sw = f"{where}.sentences[{j}]"
-            if not isinstance(sent, dict):
-                raise c.fail(sw, "expected an object")
-            start = c.get(sent, "start", int, f"{sw}.start")
-            end = c.get(sent, "end", int, f"{sw}.end")
+            start, end = _labelled_range(c, sent, sw, LABELS)  # with the world oracle's blur mark
             stext = c.get(sent, "text", str, f"{sw}.text")
-            label = c.get(sent, "label", str, f"{sw}.label")
-            if label not in LABELS:
-                raise c.fail(f"{sw}.label", f"expected one of {', '.join(LABELS)}, got {_short(label)}")
             if not 0 <= start < end <= len(text):
                 raise c.fail(sw, f"span [{start}, {end}) out of range for a text of {len(text)} characters")
             if start < previous_end:
                 raise c.fail(sw, f"span [{start}, {end}) overlaps the previous sentence")
             if text[start:end] != stext:
                 raise c.fail(f"{sw}.text", "does not equal the response text at [start, end)")
-            c.get(sent, "blurred", bool, f"{sw}.blurred", required=False)  # the world oracle's blur mark
             _validate_spans(c, sent, sw, start, end)
             previous_end = end
     return rec
+
+
+def _labelled_range(c: _Checker, obj: Any, where: str, labels: tuple[str, ...]) -> tuple[int, int]:
+    """start and end of a sentence or span object whose label is one of `labels` (and whose
+    optional `blurred` mark, when present, is a bool)."""
+    if not isinstance(obj, dict):
+        raise c.fail(where, "expected an object")
+    start = c.get(obj, "start", int, f"{where}.start")
+    end = c.get(obj, "end", int, f"{where}.end")
+    label = c.get(obj, "label", str, f"{where}.label")
+    if label not in labels:
+        raise c.fail(f"{where}.label", f"expected one of {', '.join(labels)}, got {_short(label)}")
+    c.get(obj, "blurred", bool, f"{where}.blurred", required=False)
+    return start, end
 
 
 def _validate_spans(c: _Checker, sent: Record, where: str, sent_start: int, sent_end: int) -> None:
@@ -164,14 +171,7 @@ def _validate_spans(c: _Checker, sent: Record, where: str, sent_start: int, sent
     spans = c.get(sent, "spans", list, f"{where}.spans", required=False)
     for k, span in enumerate(spans or ()):
         sw = f"{where}.spans[{k}]"
-        if not isinstance(span, dict):
-            raise c.fail(sw, "expected an object")
-        start = c.get(span, "start", int, f"{sw}.start")
-        end = c.get(span, "end", int, f"{sw}.end")
-        label = c.get(span, "label", str, f"{sw}.label")
-        c.get(span, "blurred", bool, f"{sw}.blurred", required=False)
-        if label not in SPAN_LABELS:
-            raise c.fail(f"{sw}.label", f"expected one of {', '.join(SPAN_LABELS)}, got {_short(label)}")
+        start, end = _labelled_range(c, span, sw, SPAN_LABELS)
         if not sent_start <= start < end <= sent_end:
             raise c.fail(sw, f"span [{start}, {end}) is not inside its sentence [{sent_start}, {sent_end})")
     if spans and sent["label"] == "nofact":

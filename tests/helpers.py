@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,32 @@ import time
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
+# Left over from a launcher that started the test run, these would make a `maskdpo train`
+# child wait for peers that never come (or pick DeepSpeed's accelerator for it).
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
+
+
+def training_env(threads: int) -> dict[str, str]:
+    """The environment of a `maskdpo train` child: this checkout first on PYTHONPATH, `threads`
+    OpenMP threads per process, and no launcher or SLURM variables."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**{k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM_")},
+            "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads)}
+
+
+def train_log(work: Path) -> list[dict]:
+    """The records of WORK/train_log.jsonl, one per optimizer step."""
+    return [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
+
+
+def safetensors_of(path: Path) -> dict:
+    """name -> tensor of one .safetensors file."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

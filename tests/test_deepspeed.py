@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import alma_pairs, kill_after_lines, run_cli
+from helpers import MASKDPO, REPO, alma_pairs, kill_after_lines, run_cli, safetensors_of, train_log, training_env
 from maskdpo_cli.deepspeed_setup import check_received, deepspeed_config
 from maskdpo_cli.errors import MaskDPOError
 
 
-REPO = Path(__file__).resolve().parent.parent
-MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-       "OMP_NUM_THREADS": "1"}
-for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR"):
-    ENV.pop(_var, None)
+ENV = training_env(threads=1)
 
 
 def train_args(pairs: Path, model: Path, work: Path, *extra: str) -> list[str]:
@@ -51,14 +44,8 @@ def run(cmd: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
     return done
 
 
-def log_of(work: Path) -> list[dict]:
-    return [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
-
-
 def weights(work: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(work / "hf" / "model.safetensors"))
+    return safetensors_of(work / "hf" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +72,7 @@ def test_zero_on_two_cpu_processes_trains_as_ddp_does(ddp, stage):
             sent["gradient_clipping"]) == (1, 1, 1.0)
     assert sent["bf16"]["enabled"] is False and sent["fp16"]["enabled"] is False  # fp32 on the CPU
 
-    got, expected = log_of(work), log_of(ddp["work"])
+    got, expected = train_log(work), train_log(ddp["work"])
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [1, 2, 3, 4]
     for mine, theirs in zip(got, expected):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=2e-3), mine["step"]
@@ -142,8 +129,8 @@ def test_zero3_survives_kill_9_and_resumes_from_its_sharded_checkpoint(tiny_llam
 
     done = run(cmd)
     assert "resuming from" in done.stderr
-    assert [r["step"] for r in log_of(work)] == list(range(1, steps + 1))  # each step once
-    got, expected = log_of(work), log_of(reference)
+    assert [r["step"] for r in train_log(work)] == list(range(1, steps + 1))  # each step once
+    got, expected = train_log(work), train_log(reference)
     for mine, theirs in zip(got, expected):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=2e-3), mine["step"]
     a, b = weights(work), weights(reference)

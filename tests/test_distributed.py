@@ -10,7 +10,6 @@ count checks, which need no processes at all (DeepSpeed: tests/test_deepspeed.py
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -22,15 +21,10 @@ import torch
 from maskdpo_cli.process_group import Launch, detect_launch, first_slurm_host, process_count
 from maskdpo_cli.errors import MaskDPOError
 
-from helpers import alma_pairs
+from helpers import MASKDPO, REPO, alma_pairs, safetensors_of, train_log, training_env
 
-REPO = Path(__file__).resolve().parent.parent
-MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 # One thread per rank: the machine is small, and torchrun gives each rank one as well.
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_var, None)
-ENV = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
+ENV = training_env(threads=1)
 
 
 def train_args(pairs: Path, model: Path, work: Path) -> list[str]:
@@ -44,18 +38,12 @@ def run(cmd: list[str], env: dict | None = None, timeout: int = 400) -> subproce
     return done
 
 
-def log_of(work: Path) -> list[dict]:
-    return [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
-
-
 def weights(work: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(work / "hf" / "model.safetensors"))
+    return safetensors_of(work / "hf" / "model.safetensors")
 
 
 def assert_same_training(work: Path, reference: Path) -> None:
-    got, expected = log_of(work), log_of(reference)
+    got, expected = train_log(work), train_log(reference)
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [1, 2, 3, 4]
     for mine, theirs in zip(got, expected):
         for key in ("loss", "reward_acc", "reward_margin"):

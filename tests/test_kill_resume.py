@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import alma_pairs
+from helpers import alma_pairs, safetensors_of
 from judge_server import JudgeServer
 
 # The tier run by `make test-all` only: kill -9 loops, each command run to the end several times.
@@ -150,12 +150,6 @@ def test_eval_survives_kill_9(world, tiny_llama_path, tmp_path):
 
 # --------------------------------------------------------------------------- train
 
-def _weights(hf: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(hf / "model.safetensors"))
-
-
 def test_train_survives_kill_9_and_resumes_from_its_last_checkpoint(tiny_llama_path, tmp_path):
     import torch
 
@@ -173,7 +167,7 @@ def test_train_survives_kill_9_and_resumes_from_its_last_checkpoint(tiny_llama_p
     resumed = subprocess.run([*cmd, "--work-dir", str(work)], env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
 
-    expected, got = _weights(reference / "hf"), _weights(work / "hf")
+    expected, got = (safetensors_of(w / "hf" / "model.safetensors") for w in (reference, work))
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)

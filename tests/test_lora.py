@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +24,9 @@ import torch
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.train_config import TrainConfig
 
-from helpers import alma_pairs
+from helpers import MASKDPO, REPO, alma_pairs, safetensors_of, train_log, training_env
 
-REPO = Path(__file__).resolve().parent.parent
-MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-for _var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_var, None)
-ENV = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
+ENV = training_env(threads=2)
 TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
@@ -44,16 +38,6 @@ def train_args(pairs: Path, model: Path, work: Path, *extra: str, epochs: int = 
 
 def run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-def log_of(work: Path) -> list[dict]:
-    return [json.loads(line) for line in (work / "train_log.jsonl").read_text().splitlines()]
-
-
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +56,12 @@ def trained(tmp_path_factory, tiny_llama_path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- one run, many checks
 
 def test_first_step_is_the_reference_loss_ln2_margin_0(trained):
-    first = log_of(trained["work"])[0]
+    first = train_log(trained["work"])[0]
     assert first["step"] == 1
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["reward_margin"] == pytest.approx(0.0, abs=1e-6)
     assert first["chosen_rewards"] == pytest.approx(0.0, abs=1e-6)
-    assert log_of(trained["work"])[-1]["loss"] < math.log(2)  # and the adapter learned
+    assert train_log(trained["work"])[-1]["loss"] < math.log(2)  # and the adapter learned
 
 
 def test_only_adapter_tensors_train(trained):
@@ -88,7 +72,7 @@ def test_only_adapter_tensors_train(trained):
     assert len(keys) == 2 * 7 * 2 and all(".lora_A." in k or ".lora_B." in k for k in keys)
     # ...and the optimizer kept state for exactly those: no base weight had a gradient.
     assert len(checkpoint["optimizer"]["state"]) == len(keys)
-    adapter = tensors(work / "adapter" / "adapter_model.safetensors")
+    adapter = safetensors_of(work / "adapter" / "adapter_model.safetensors")
     assert len(adapter) == len(keys)
     assert all(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B left zero: it trained
     config = json.loads((work / "adapter" / "adapter_config.json").read_text())
@@ -98,8 +82,8 @@ def test_only_adapter_tensors_train(trained):
 
 
 def test_merged_export_is_the_untouched_base_plus_scaled_BA(trained):
-    work, base = trained["work"], tensors(trained["model"] / "model.safetensors")
-    merged, adapter = tensors(work / "hf" / "model.safetensors"), tensors(work / "adapter" / "adapter_model.safetensors")
+    work, base = trained["work"], safetensors_of(trained["model"] / "model.safetensors")
+    merged, adapter = safetensors_of(work / "hf" / "model.safetensors"), safetensors_of(work / "adapter" / "adapter_model.safetensors")
     assert merged.keys() == base.keys()
     scale = 16.0 / 8
     changed = 0
@@ -242,13 +226,13 @@ def test_lora_nproc_2_computes_what_one_process_computes(tiny_llama_path, tmp_pa
         done = run(train_args(pairs, tiny_llama_path, work, "--lora-dropout", "0", *extra))
         assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes (gloo)" in done.stderr
-    got, expected = log_of(two), log_of(one)
+    got, expected = train_log(two), train_log(one)
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [1, 2, 3, 4]
     for mine, theirs in zip(got, expected):
         for key in ("loss", "reward_acc", "reward_margin"):
             assert mine[key] == pytest.approx(theirs[key], abs=2e-3), (mine["step"], key)
     assert got[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
-    a, b = tensors(two / "adapter" / "adapter_model.safetensors"), tensors(one / "adapter" / "adapter_model.safetensors")
+    a, b = safetensors_of(two / "adapter" / "adapter_model.safetensors"), safetensors_of(one / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -272,9 +256,9 @@ def test_lora_survives_kill_9_and_logs_each_step_once(tiny_llama_path, tmp_path)
     seen = kill_repeatedly(cmd(work), lambda: lines(log), steps, seconds, seed=4)
     assert any(0 < n < steps for n in seen), seen
     finish(cmd(work))
-    assert [r["step"] for r in log_of(work)] == list(range(1, steps + 1))  # each step once
-    expected = tensors(reference / "adapter" / "adapter_model.safetensors")
-    got = tensors(work / "adapter" / "adapter_model.safetensors")
+    assert [r["step"] for r in train_log(work)] == list(range(1, steps + 1))  # each step once
+    expected = safetensors_of(reference / "adapter" / "adapter_model.safetensors")
+    got = safetensors_of(work / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
