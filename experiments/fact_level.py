@@ -25,6 +25,10 @@ against base on every seed, incorrect facts per answer fall by at least 15%, cor
 per answer stay at or above 0.98 of base, and filler per answer rises by at most 0.2; and
 probe accuracy rises with the paired 95% interval above 0. Writes fact_level.{md,json,png}
 under --tables (per-seed values in the JSON).
+
+A diagnostic beside the verdict: the same probe on the entities the training questions ask
+about ("% probe, trained entities"), which tells whether alignment changed what the model
+recalls even where it was trained.
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ ARMS = {"dpo": ("paper", False), "maskdpo": ("paper", True), "maskdpo-neutral": 
 ARM_NAMES = ["base", *ARMS]
 REFERENCE = "maskdpo"  # the paper's method: the second baseline of the paired differences
 
-METRICS = common.ANSWER_METRICS  # score, filler, facts per answer, precisions, probe
+METRICS = {**common.ANSWER_METRICS,  # score, filler, facts per answer, precisions, probe (test topics)
+           "probe_trained": ("% probe, trained entities",
+                             lambda s: None if s.get("probe_trained") is None else 100 * s["probe_trained"])}
 # The bar, against base (issue 18): per seed...
 INCORRECT_DROP = 0.15   # incorrect facts per answer fall by at least 15%
 CORRECT_KEEP = 0.98     # correct facts per answer stay at or above 0.98 of base
@@ -103,6 +109,19 @@ def pair_files(run: common.SeedRun) -> dict[str, Path]:
             for name, pairs in records.items()}
 
 
+def probe_trained(run: common.SeedRun, model: Path, out: Path) -> float:
+    """The probe's accuracy (0-1) on the entities the training questions ask about: did alignment
+    change what the model recalls about the very entities it was trained on? (A diagnostic
+    beside the test-topic probe; items in OUT/probe.train.json.)"""
+    from maskdpo_cli.world.probe import run_probe
+
+    run_probe(run.world, model, out, split="train")
+    asked = {q["entity"] for q in common.read_jsonl(run.world / "train_questions.jsonl")}
+    items = [i for i in json.loads((out / "probe.train.json").read_text(encoding="utf-8"))["items"]
+             if i["entity"] in asked]
+    return sum(i["correct"] for i in items) / len(items)
+
+
 def run_seed(run: common.SeedRun, settings: common.Settings) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Train the six arms, evaluate all seven with the probe; (summaries by arm, facts about the pairs)."""
     pairs = pair_files(run)
@@ -111,6 +130,8 @@ def run_seed(run: common.SeedRun, settings: common.Settings) -> tuple[dict[str, 
         models[arm] = common.train(run, pairs[pairing], run.dir / "fact_level" / "runs" / arm, settings, mask=masked)
     summaries = common.evaluate(run, models, run.dir / "fact_level" / "eval", settings,
                                 extra=["--probe", f"world:{run.world}"])
+    for arm, model in models.items():
+        summaries[arm]["probe_trained"] = probe_trained(run, model, run.dir / "fact_level" / "eval" / arm)
     annotated = common.read_jsonl(run.dir / "annotated.jsonl")
     sentences = [s for rec in annotated for r in rec["responses"] for s in r.get("sentences", [])]
     info = {"pairs": len(common.read_jsonl(pairs["paper"])),
@@ -177,7 +198,7 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
 
 def plot(diffs: dict[str, dict[str, dict[str, float | None] | None]], path: Path) -> None:
     """Arm minus base, with 95% intervals, for the four figures the verdict reads."""
-    shown = ("filler", "correct_facts", "incorrect_facts", "probe")
+    shown = ("filler", "correct_facts", "incorrect_facts", "probe", "probe_trained")
     fig, axes = common.figure(ncols=len(shown), width=14, height=4.0)
     arms = list(diffs)
     for ax, metric in zip(axes[0], shown):

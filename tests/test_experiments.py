@@ -88,6 +88,7 @@ def _check_fact_level(runs: Path, tables: Path) -> None:
         figures = data["per_seed"][arm]["3"]
         assert set(figures) == set(data["metrics"])
         assert 0.0 <= figures["probe"] <= 100.0 and 0.0 <= figures["score"] <= 100.0
+        assert 0.0 <= figures["probe_trained"] <= 100.0
         assert figures["filler"] >= 0 and figures["correct_facts"] >= 0 and figures["incorrect_facts"] >= 0
     # Paired differences are arm minus base, seed by seed; one seed has no interval.
     diff = data["paired"]["base"]["maskdpo"]["probe"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.world import grammar, make_world, pretrain
 from maskdpo_cli.world.probe import first_sentence, is_correct, probe_items, probe_templates
 
@@ -43,6 +44,16 @@ def test_items_cover_every_known_attribute_of_every_test_entity(world_dir):
     items = probe_items(world_dir)
     assert [(i.entity, i.attribute) for i in items] == expected
     assert all(i.prefix.startswith(i.entity) and i.question == f"Tell me about {i.entity}." for i in items)
+
+
+def test_train_split_probes_the_training_topics_entities_and_a_bad_split_is_refused(world_dir):
+    world = json.loads((world_dir / "world.json").read_text())
+    train = {t["id"] for t in world["topics"] if t["split"] == "train"}
+    items = probe_items(world_dir, "train")
+    assert {i.entity for i in items} == {e["name"] for e in world["entities"] if e["topic_id"] in train}
+    assert not {i.entity for i in items} & {i.entity for i in probe_items(world_dir)}
+    with pytest.raises(MaskDPOError, match="probe split"):
+        probe_items(world_dir, "dev")
 
 
 def test_scoring_is_exact_on_the_value_and_stops_at_the_first_full_stop(world_dir):

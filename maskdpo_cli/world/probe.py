@@ -70,15 +70,19 @@ def probe_templates() -> dict[str, str]:
     return out
 
 
-def probe_items(world_dir: str | Path) -> list[ProbeItem]:
-    """One item per (test-topic entity, attribute it has), in world order."""
+def probe_items(world_dir: str | Path, split: str = "test") -> list[ProbeItem]:
+    """One item per (entity of the `split` topics, attribute it has), in world order. The test
+    topics (the default) are what alignment never saw; the train topics tell whether it
+    changed what the model recalls about the entities it was trained on."""
+    if split not in ("test", "train"):
+        raise MaskDPOError(f"probe split {split!r}: expected test or train")
     world = load_world(world_dir)
-    test_topics = {t["id"] for t in world["topics"] if t.get("split") == "test"}
+    topics = {t["id"] for t in world["topics"] if t.get("split") == split}
     templates = probe_templates()
     question = grammar.QUESTION_TEMPLATES[0]
     items = []
     for entity in world["entities"]:
-        if entity["topic_id"] not in test_topics:
+        if entity["topic_id"] not in topics:
             continue
         for attribute in grammar.ATTRIBUTES:
             if attribute in entity["facts"]:
@@ -128,13 +132,15 @@ def complete(model_dir: str | Path, items: list[ProbeItem], batch_size: int = BA
     return out
 
 
-def run_probe(world_dir: str | Path, model_dir: str | Path, out_dir: Path | None = None) -> dict[str, Any]:
-    """probe_accuracy (0-1) and probe_count of a model; with out_dir, every item to out_dir/probe.json.
+def run_probe(world_dir: str | Path, model_dir: str | Path, out_dir: Path | None = None,
+              split: str = "test") -> dict[str, Any]:
+    """probe_accuracy (0-1) and probe_count of a model on the `split` topics' entities; with
+    out_dir, every item to out_dir/probe.json (probe.train.json for the train topics).
 
-    A probe.json already in out_dir for the same items is read back instead of decoding again.
+    A file already in out_dir for the same items is read back instead of decoding again.
     """
-    items = probe_items(world_dir)
-    path = None if out_dir is None else Path(out_dir) / PROBE_FILE
+    items = probe_items(world_dir, split)
+    path = None if out_dir is None else Path(out_dir) / (PROBE_FILE if split == "test" else f"probe.{split}.json")
     if path is not None and path.is_file():
         done = json.loads(path.read_text(encoding="utf-8"))
         if [(d["entity"], d["attribute"]) for d in done["items"]] == [(i.entity, i.attribute) for i in items]:
