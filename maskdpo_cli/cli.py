@@ -177,7 +177,8 @@ def train(
     lora: Optional[int] = typer.Option(None, "--lora", min=0, metavar="R",
                                        help="Train a rank-R LoRA adapter on every linear layer of the frozen "
                                             "decoder (0: full fine-tuning; default: the recipe's). The adapter "
-                                            "lands in WORK_DIR/adapter, the merged model in WORK_DIR/hf."),
+                                            "lands in WORK_DIR/adapter, the merged model in WORK_DIR/hf. "
+                                            "Without --lr, a full recipe's rate is taken 10x."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scale alpha/R (default 2R)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout",
                                                  help="Dropout on the adapter's input (default 0.05)."),

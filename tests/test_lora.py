@@ -199,6 +199,19 @@ def test_lora_block_goes_into_the_recipe_and_full_fine_tuning_leaves_it_untouche
         complete_lora(TrainConfig(**fields, lora=8, qlora=True), recipe, cuda=False)
 
 
+def test_lora_without_lr_trains_at_ten_times_a_full_recipes_rate_and_a_lora_recipes_own():
+    from maskdpo_cli.xtuner_ext.recipe import complete_lora, load_recipe, recipe_value, resolve_recipe
+
+    fields = dict(pairs="p.jsonl", work_dir="/tmp/W", beta=0.1, epochs=1, batch_size=2, max_length=512, nproc=1)
+    full = load_recipe(resolve_recipe("tiny_cpu_maskdpo"))
+    assert complete_lora(TrainConfig(**fields, lora=8), full, cuda=False).lr == pytest.approx(
+        10 * recipe_value(full, "lr"))
+    assert complete_lora(TrainConfig(**fields, lora=8, lr=3e-4), full, cuda=False).lr == 3e-4  # --lr wins
+    assert complete_lora(TrainConfig(**fields), full, cuda=False).lr is None  # no LoRA: the recipe's, later
+    own = load_recipe(resolve_recipe("llama3_1_8b_instruct_maskdpo_lora"))
+    assert complete_lora(TrainConfig(**fields, lora=8), own, cuda=True).lr is None  # its own rate stands
+
+
 def test_without_bitsandbytes_hides_it_only_inside():
     import importlib.util
 

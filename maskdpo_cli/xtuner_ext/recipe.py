@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.train_config import DEFAULT_LORA_DROPOUT, TrainConfig
+from maskdpo_cli.train_config import DEFAULT_LORA_DROPOUT, LORA_LR_FACTOR, TrainConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 DEFAULT_RECIPE = "smollm2_135m_instruct_maskdpo"
@@ -235,7 +235,9 @@ def apply_config(cfg: Any, config: TrainConfig, layout: BatchLayout, *, pairs_fi
 
 def complete_lora(config: TrainConfig, cfg: Any, *, cuda: bool) -> TrainConfig:
     """The LoRA fields of a config completed from the recipe: rank 0 without LoRA; alpha 2R
-    unless given (or the recipe's, with the recipe's rank); dropout DEFAULT_LORA_DROPOUT unless given."""
+    unless given (or the recipe's, with the recipe's rank); dropout DEFAULT_LORA_DROPOUT unless
+    given; and, when --lora puts an adapter on a recipe that has none and no --lr is given,
+    lr LORA_LR_FACTOR times the recipe's."""
     own = _get(cfg, LORA_KEY) or {}
     rank = config.lora if config.lora is not None else int(own.get("r") or 0)
     qlora = config.qlora if config.qlora is not None else _get(cfg, QUANTIZATION_KEY) is not None
@@ -244,7 +246,10 @@ def complete_lora(config: TrainConfig, cfg: Any, *, cuda: bool) -> TrainConfig:
         return replace(config, lora=0, qlora=config.qlora)
     alpha = config.lora_alpha or (own.get("lora_alpha") if config.lora is None else None) or 2 * rank
     dropout = config.lora_dropout if config.lora_dropout is not None else own.get("lora_dropout")
-    config = replace(config, lora=rank, lora_alpha=float(alpha), qlora=qlora,
+    lr = config.lr
+    if lr is None and config.lora is not None and not own:
+        lr = LORA_LR_FACTOR * float(recipe_value(cfg, "lr"))
+    config = replace(config, lora=rank, lora_alpha=float(alpha), qlora=qlora, lr=lr,
                      lora_dropout=float(DEFAULT_LORA_DROPOUT if dropout is None else dropout))
     if qlora and not cuda:
         raise MaskDPOError("--qlora needs a CUDA GPU (bitsandbytes' 4-bit base) and none is in use here; "
