@@ -10,7 +10,8 @@ import pytest
 
 from helpers import run_cli
 from maskdpo_cli import clustering
-from maskdpo_cli.clustering import assign, cluster_topics, read_topic_records, read_topic_texts, run_cluster, split_halves
+from maskdpo_cli.clustering import (assign, cluster_topics, read_topic_records, read_topic_texts, run_cluster,
+                                    split_halves)
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.world import make_world
 
