@@ -1,97 +1,240 @@
 """Table 5 of the paper in miniature: train on the topics near the test topics, or far from them?
 
-    .venv/bin/python experiments/table5_clusters.py [--seeds 7 8 9] [--quick] [-o runs/experiments]
+    .venv/bin/python experiments/table5_clusters.py [--seeds 7 8 ... 16] [--quick] [-o runs/experiments]
 
-For each world seed, `maskdpo cluster` splits the training pairs into the topics nearest
-each test topic and the far ones (plus a random control as large as the near split),
-once with the policy's own embeddings (its last hidden layer) and once with MiniLM
-(`--embedder all-minilm-l6-v2`). Mask-DPO is trained on each split and scored on the
-test topics. Writes table5.md, table5.json and table5.png under --tables.
+The study's world has three kinds of entity (people, ships, inns) and three questions about
+each asked entity (`--kinds 3 --questions-per-topic 3`): its topics differ in kind and share
+value pools by kind and region, so world.json knows which topics are truly near each other
+(maskdpo_cli/world/affinity.py: near is the same kind in the same region).
+
+For each world seed (experiments/common.py prepares world, policy and pairs, in
+ROOT/seed<S>-k3q3), `maskdpo cluster --equal-sizes` splits the training pairs into near,
+far and random sets of the same number of pairs, with three embedders of a topic:
+
+    policy-seen   the policy's mean last hidden state over text it has seen: the topic's
+                  reference documents (`--topic-texts`, the world's train and test questions)
+    policy-name   the policy's mean last hidden state over the topic's name (the paper's way)
+    minilm        MiniLM over the topic's name (`--embedder all-minilm-l6-v2`)
+
+First it asks whether the clusters recover the world's true affinity: for each split, the
+share of its training topics that are truly near the test topic they were clustered with
+(random: the one the embedder put them with), against chance (the share of all training x
+test topic pairs that are truly near). Then Mask-DPO is trained on every split and scored
+with the base on the test topics. Reports mean ± sd over seeds, and the paired differences
+near - far, near - random and far - random with 95% t-intervals over seeds; wherever an
+interval includes 0 the table says "not detected (underpowered)". Writes
+table5.{md,json,png} under --tables (per-seed values in the JSON).
 
 A training run is keyed by the content of its pairs file, so a split that two embedders
-agree on (e.g. the same random control) is trained once.
+agree on is trained once, and a rerun trains nothing already trained.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-EMBEDDERS = {"policy": [], "minilm": ["--embedder", "all-minilm-l6-v2"]}
+from maskdpo_cli.world.affinity import NEAR, affinity  # noqa: E402
+
+SEEDS = list(range(7, 17))  # 10 seeds: enough to see the paper's gap (issue 19)
+EMBEDDERS = {"policy-seen": "the policy over the topic's documents (--topic-texts)",
+             "policy-name": "the policy over the topic's name",
+             "minilm": "MiniLM over the topic's name (--embedder all-minilm-l6-v2)"}
 SPLITS = ("near", "far", "random")
+DIFFERENCES = (("near", "far"), ("near", "random"), ("far", "random"))
+UNDERPOWERED = "not detected (underpowered)"
+
+# metric -> (column title, how to read it from summary.json); "truly_near" and "pairs" come from the splits
+METRICS: dict[str, tuple[str, Any]] = {
+    "score": common.ANSWER_METRICS["score"],
+    "correct": ("# correct", lambda s: s.get("correct")),
+    "incorrect": ("# incorrect", lambda s: s.get("incorrect")),
+    "fact_precision": common.ANSWER_METRICS["fact_precision"],
+    "blurred": ("% blurred of wrong facts", lambda s: s.get("blurred_share")),
+}
+COLUMNS = {"pairs": "pairs", "truly_near": "truly near (share)", **{m: title for m, (title, _) in METRICS.items()}}
+COMPARED = ("truly_near", "score", "fact_precision", "blurred")  # the paired differences' columns
+
+
+def cluster_flags(run: common.SeedRun) -> dict[str, list[str | Path]]:
+    """`maskdpo cluster` flags of each embedder."""
+    documents = [run.world / "train_questions.jsonl", run.world / "test_questions.jsonl"]
+    return {"policy-seen": [a for path in documents for a in ("--topic-texts", path)],
+            "policy-name": [],
+            "minilm": ["--embedder", "all-minilm-l6-v2"]}
+
+
+# ---------------------------------------------------------------- true affinity
+
+
+def world_topics(run: common.SeedRun) -> dict[str, dict[str, Any]]:
+    """The world's topics by name (the `topic` of its questions and pairs)."""
+    world = json.loads((run.world / "world.json").read_text(encoding="utf-8"))
+    return {t["name"]: t for t in world["topics"]}
+
+
+def truly_near_share(clusters: Path, split: str, topics: dict[str, dict[str, Any]]) -> float | None:
+    """Share of the split's training topics that are truly near the test topic they were clustered with."""
+    cluster_of = {a["topic"]: a["cluster"]
+                  for a in json.loads((clusters / "assignment.json").read_text(encoding="utf-8"))}
+    in_split = dict.fromkeys(p["topic"] for p in common.read_jsonl(clusters / f"{split}.jsonl"))
+    near = [affinity(topics[t], topics[cluster_of[t]]) >= NEAR for t in in_split]
+    return statistics.mean(near) if near else None
+
+
+def chance_share(run: common.SeedRun, topics: dict[str, dict[str, Any]]) -> float:
+    """Share of all (training topic with pairs, test topic) pairs that are truly near: random clusters' figure."""
+    train = dict.fromkeys(p["topic"] for p in common.read_jsonl(run.pairs))
+    test = dict.fromkeys(q["topic"] for q in common.read_jsonl(run.test))
+    return statistics.mean(affinity(topics[a], topics[b]) >= NEAR for a in train for b in test)
+
+
+# ---------------------------------------------------------------- one seed
+
+
+def run_seed(run: common.SeedRun, s: common.Settings) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:
+    """Cluster with every embedder, train every split, evaluate them with the base; (values by arm, seed facts)."""
+    d = run.dir / "table5"
+    topics = world_topics(run)
+    digests: dict[str, str] = {}            # arm ("policy-seen near") -> its training run
+    figures: dict[str, dict[str, Any]] = {}  # arm -> pairs, truly near
+    models = {"base": run.policy}
+    for embedder, flags in cluster_flags(run).items():
+        clusters = d / f"clusters-{embedder}"
+        if not common.done(clusters / "assignment.json"):
+            common.maskdpo("cluster", "--model", run.policy, "--train", run.pairs, "--test", run.test,
+                           "--equal-sizes", *flags, "--seed", run.seed, "-o", clusters)
+        for split in SPLITS:
+            arm, pairs = f"{embedder} {split}", clusters / f"{split}.jsonl"
+            if not common.done(pairs):
+                sys.exit(f"experiments: {pairs} is empty: no {split} pairs to train on")
+            digest = hashlib.sha256(pairs.read_bytes()).hexdigest()[:10]
+            models[f"run-{digest}"] = common.train(run, pairs, d / "runs" / digest, s)
+            digests[arm] = digest
+            figures[arm] = {"pairs": len(common.read_jsonl(pairs)),
+                            "truly_near": truly_near_share(clusters, split, topics)}
+    summaries = common.evaluate(run, models, d / "eval", s)
+    read = lambda summary: {m: get(summary) for m, (_, get) in METRICS.items()}  # noqa: E731
+    values = {"base": {"pairs": 0, "truly_near": None, **read(summaries["base"])}}
+    for arm, digest in digests.items():
+        values[arm] = {**figures[arm], **read(summaries[f"run-{digest}"])}
+    info = {"pairs": len(common.read_jsonl(run.pairs)), "chance": chance_share(run, topics),
+            "runs": {arm: digest for arm, digest in digests.items()}}
+    return values, info
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def detected(stat: dict[str, float | None] | None) -> bool:
+    """Whether the 95% interval excludes 0 (no interval, e.g. one seed, detects nothing)."""
+    return stat is not None and stat["low"] is not None and (stat["low"] > 0 or stat["high"] < 0)
+
+
+def fmt_difference(stat: dict[str, float | None] | None) -> str:
+    if stat is None:
+        return "-"
+    return common.fmt_interval(stat) + ("" if detected(stat) else f" {UNDERPOWERED}")
+
+
+def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
+                  info: dict[int, dict[str, Any]], s: common.Settings, started: float) -> dict[str, Any]:
+    arms = ["base"] + [f"{e} {split}" for e in EMBEDDERS for split in SPLITS]
+    means = {arm: {c: common.mean_sd([values[arm][seed][c] for seed in seeds]) for c in COLUMNS} for arm in arms}
+    paired = {e: {f"{a} - {b}": {m: common.paired(values, f"{e} {a}", f"{e} {b}", m, seeds) for m in COMPARED}
+                  for a, b in DIFFERENCES} for e in EMBEDDERS}
+    for by_difference in paired.values():
+        for stats in by_difference.values():
+            for stat in stats.values():
+                if stat is not None:
+                    stat["detected"] = detected(stat)
+    chance = common.mean_sd([info[seed]["chance"] for seed in seeds])
+    elapsed = time.time() - started
+    command = common.command_line()
+    md = ["### Table 5: training topics near vs far from the test topics (Mask-DPO)", "", f"Command: `{command}`", "",
+          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
+          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if s.quick else ''}.",
+          f"World: --kinds {s.kinds} --questions-per-topic {s.questions_per_topic}. This invocation took "
+          f"{elapsed / 60:.1f} min (a rerun skips finished steps). Training pairs per seed (all): "
+          f"{', '.join(str(info[seed]['pairs']) for seed in seeds)}; near, far and random hold the same number "
+          f"(`cluster --equal-sizes`).", "",
+          "Embedders: " + "; ".join(f"{e}: {what}" for e, what in EMBEDDERS.items()) + ".", "",
+          f"Truly near: the share of a split's training topics that are truly near (world affinity >= {NEAR}: "
+          f"the same kind in the same region) the test topic they were clustered with. Chance (random "
+          f"clusters): {common.fmt(chance)}.", "",
+          "| embedder | split | " + " | ".join(COLUMNS.values()) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+    for arm in arms:
+        embedder, split = arm.split(" ") if " " in arm else ("-", "base (no training)")
+        md.append(f"| {embedder} | {split} | " + " | ".join(common.fmt(means[arm][c]) for c in COLUMNS) + " |")
+    md += ["", f"Paired differences: mean [95% t-interval over seeds]; \"{UNDERPOWERED}\" where the interval "
+               "includes 0 (or there is none)", "",
+           "| embedder | difference | " + " | ".join(COLUMNS[m] for m in COMPARED) + " |",
+           "|---|---|" + "---:|" * len(COMPARED)]
+    for e, by_difference in paired.items():
+        for difference, stats in by_difference.items():
+            md.append(f"| {e} | {difference} | " + " | ".join(fmt_difference(stats[m]) for m in COMPARED) + " |")
+    text = "\n".join(md) + "\n"
+    data = {"title": "Table 5: near vs far vs random training topics", "command": command, "seeds": seeds,
+            "settings": asdict(s), "elapsed_s": round(elapsed, 1), "embedders": EMBEDDERS, "columns": COLUMNS,
+            "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in arms},
+            "seed_info": {str(seed): info[seed] for seed in seeds},
+            "chance": None if chance is None else {"mean": chance[0], "sd": chance[1]},
+            "mean_sd": {arm: {c: (None if st is None else {"mean": st[0], "sd": st[1]}) for c, st in ms.items()}
+                        for arm, ms in means.items()},
+            "paired": paired}
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / "table5.md").write_text(text, encoding="utf-8")
+    (tables / "table5.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    plot(means, chance, tables / "table5.png")
+    print(text)
+    return data
+
+
+def plot(means: dict[str, dict[str, tuple[float, float] | None]], chance: tuple[float, float] | None,
+         path: Path) -> None:
+    """Truly-near share and % score per embedder and split (mean ± sd), with chance and the base."""
+    fig, axes = common.figure(ncols=2, width=12, height=4.0)
+    width = 0.25
+    for ax, column, reference, label in ((axes[0][0], "truly_near", chance, "chance"),
+                                         (axes[0][1], "score", means["base"]["score"], "base")):
+        for i, split in enumerate(SPLITS):
+            stats = [means[f"{e} {split}"][column] for e in EMBEDDERS]
+            xs = [k + (i - 1) * width for k in range(len(EMBEDDERS))]
+            ax.bar(xs, [st[0] if st else 0 for st in stats], width, yerr=[st[1] if st else 0 for st in stats],
+                   capsize=4, label=split)
+        if reference is not None:
+            ax.axhline(reference[0], color="grey", linestyle="--", label=label)
+        ax.set_xticks(range(len(EMBEDDERS)), list(EMBEDDERS))
+        ax.set_ylabel(COLUMNS[column] if column == "truly_near" else "factuality score on test topics (%)")
+        ax.legend()
+    axes[0][0].set_title("Do the clusters recover the true affinity?")
+    axes[0][1].set_title("Mask-DPO trained on each split")
+    common.save_figure(fig, path)
 
 
 def main() -> None:
-    args = common.parse_args(__doc__, "runs/experiments")
+    args = common.parse_args(__doc__, "runs/experiments", seeds=SEEDS, kinds=3, questions_per_topic=3)
     settings = common.Settings.from_args(args)
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
-    results: dict[tuple[str, str], list[dict]] = {}
-    sizes: dict[tuple[str, str], list[int]] = {}
+    values: dict[str, dict[int, dict[str, float | None]]] = {}
+    info = {}
     for seed in args.seeds:
-        run = common.prepare(root, seed, settings)
-        models = {}
-        for embedder, flags in EMBEDDERS.items():
-            clusters = run.dir / "table5" / f"clusters-{embedder}"
-            if not common.done(clusters / "assignment.json"):
-                common.maskdpo("cluster", "--model", run.policy, "--train", run.pairs, "--test", run.test,
-                               *flags, "--seed", seed, "-o", clusters)
-            for split in SPLITS:
-                pairs = clusters / f"{split}.jsonl"
-                digest = hashlib.sha256(pairs.read_bytes()).hexdigest()[:10]
-                models[f"{embedder}-{split}"] = common.train(run, pairs, run.dir / "table5" / "runs" / digest,
-                                                             settings)
-                sizes.setdefault((embedder, split), []).append(len(common.read_jsonl(pairs)))
-        summaries = common.evaluate(run, models, run.dir / "table5" / "eval", settings)
-        results.setdefault(("-", "base"), []).append(common.base_summary(run))
-        for name, summary in summaries.items():
-            results.setdefault(tuple(name.split("-")), []).append(summary)
-
-    rows = [common.Row({"embedder": "-", "split": "base (no training)", "pairs": "0"}, results[("-", "base")])]
-    for embedder in EMBEDDERS:
-        for split in SPLITS:
-            n = sizes[(embedder, split)]
-            rows.append(common.Row({"embedder": embedder, "split": split, "pairs": f"{sum(n) / len(n):.0f}"},
-                                   results[(embedder, split)]))
-    notes = [f"Near minus far, % score: {gap(results, e)} ({e} embeddings)." for e in EMBEDDERS]
-    common.write_table(tables, "table5", "Table 5: near vs far vs random training topics (Mask-DPO)", rows,
-                       seeds=args.seeds, settings=settings, command=common.command_line(), started=started,
-                       notes=notes)
-    plot(rows, tables / "table5.png")
-
-
-def gap(results: dict[tuple[str, str], list[dict]], embedder: str) -> str:
-    """Mean ± sd over seeds of the per-seed near - far score difference."""
-    diffs = [n["score"] - f["score"] for n, f in zip(results[(embedder, "near")], results[(embedder, "far")])
-             if n.get("score") is not None and f.get("score") is not None]
-    stat = common.mean_sd(diffs)
-    return "-" if stat is None else f"{stat[0]:+.2f} ± {stat[1]:.2f}"
-
-
-def plot(rows: list[common.Row], path: Path) -> None:
-    fig, axes = common.figure()
-    ax = axes[0][0]
-    width = 0.25
-    for i, split in enumerate(SPLITS):
-        stats = [next(r for r in rows if r.labels["embedder"] == e and r.labels["split"] == split)
-                 .columns(common.COLUMNS)["% score"] for e in EMBEDDERS]
-        xs = [k + (i - 1) * width for k in range(len(EMBEDDERS))]
-        ax.bar(xs, [s[0] if s else 0 for s in stats], width, yerr=[s[1] if s else 0 for s in stats], capsize=4,
-               label=split)
-    base = rows[0].columns(common.COLUMNS)["% score"]
-    if base is not None:
-        ax.axhline(base[0], color="grey", linestyle="--", label="base")
-    ax.set_xticks(range(len(EMBEDDERS)), [f"{e} embeddings" for e in EMBEDDERS])
-    ax.set_ylabel("factuality score on test topics (%)")
-    ax.set_title("Table 5: training topics near vs far from the test topics")
-    ax.legend()
-    common.save_figure(fig, path)
+        run = common.prepare(root, seed, settings, shared_runs=False)
+        by_arm, info[seed] = run_seed(run, settings)
+        for arm, figures in by_arm.items():
+            values.setdefault(arm, {})[seed] = figures
+    write_outputs(tables, values, args.seeds, info, settings, started)
 
 
 if __name__ == "__main__":

@@ -281,11 +281,17 @@ def cluster(
     equal_sizes: bool = typer.Option(False, "--equal-sizes",
                                      help="Near, far and random with the same number of records: the larger "
                                           "half drops its least typical topics' records."),
+    topic_texts: Optional[list[str]] = typer.Option(None, "--topic-texts", metavar="FILE",
+                                                    help="Embed each topic as the mean of its texts, not its name: "
+                                                         "JSONL with 'topic' and a 'document' (questions) or "
+                                                         "'responses' (samples: the policy's own answers); repeat "
+                                                         "for several files. Every topic needs a text."),
 ) -> None:
     """Split training records into near/far halves of test-topic clusters (paper Sec. 4.3), plus random."""
     from maskdpo_cli.clustering import run_cluster
 
-    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed, equal_sizes=equal_sizes)
+    summary = run_cluster(model, train, test, output, embedder=embedder, seed=seed, equal_sizes=equal_sizes,
+                          topic_texts=topic_texts)
     stderr.print(f"[green]clustered[/] {summary['train_topics']} training topics around {summary['test_topics']} "
                  f"test topics: near {summary['near']}, far {summary['far']}, random {summary['random']} "
                  f"records -> {output}", highlight=False)

@@ -22,6 +22,13 @@ sentence-transformers directory (modules.json) is pooled as sentence-transformer
 it for mean-pooling models: the same masked mean, then L2-normalized when the directory
 has a Normalize module.
 
+A topic's name is text the policy may never have seen as a phrase. With `topic_texts`
+(`--topic-texts FILE`) a topic is embedded instead from text the policy has seen: its
+vector is the mean of the embeddings of its texts (each distinct text once, pooled as
+above). A question record gives its `document` (the topic's reference text); a samples or
+annotated record gives its `responses[].text` (the policy's own answers). Every training
+and test topic needs at least one text.
+
 The math (`assign`, `split_halves`) works on plain arrays so it is tested on synthetic
 embeddings with known answers.
 """
@@ -184,6 +191,58 @@ def embed_texts(texts: list[str], path: Path, causal_lm: bool) -> np.ndarray:
     return np.concatenate(vectors)
 
 
+# ---------------------------------------------------------------- topics embedded from their texts
+
+
+def texts_of(record: Record, name: str, line: int) -> list[str]:
+    """The non-blank texts a record gives its topic: its responses' texts, else its document."""
+    if "responses" in record:
+        responses = record["responses"]
+        if not isinstance(responses, list) or not all(isinstance(r, dict) and isinstance(r.get("text"), str)
+                                                      for r in responses):
+            raise InputError("expected a list of objects with a string 'text'", name, line, "responses")
+        texts = [r["text"] for r in responses]
+    elif "document" in record:
+        if not isinstance(record["document"], str):
+            raise InputError("expected a string", name, line, "document")
+        texts = [record["document"]]
+    else:
+        raise InputError("no text to embed: expected a 'document' (questions) or 'responses' (samples)", name, line)
+    return [text for text in texts if text.strip()]
+
+
+def read_topic_texts(paths: list[str]) -> dict[str, list[str]]:
+    """topic -> its distinct texts in file order, over all the files."""
+    texts: dict[str, dict[str, None]] = {}  # a dict keeps the order and drops repeats
+    for path in paths:
+        name, count = display_name(path), 0
+        for line, record in read_jsonl(path):
+            topic = record.get("topic")
+            if not isinstance(topic, str) or not topic.strip():
+                raise InputError("expected the topic's name, a non-empty string", name, line, "topic")
+            texts.setdefault(topic.strip(), {}).update(dict.fromkeys(texts_of(record, name, line)))
+            count += 1
+        if not count:
+            raise InputError("no records; pass questions, samples or annotated JSONL with a 'topic'", name)
+    return {topic: list(seen) for topic, seen in texts.items()}
+
+
+def check_topics_have_texts(topics: list[str], texts: dict[str, list[str]], role: str, paths: list[str]) -> None:
+    missing = [topic for topic in topics if not texts.get(topic)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MaskDPOError(f"--topic-texts {', '.join(display_name(p) for p in paths)}: no text for {role} topic "
+                           f"{missing[0]!r}{more}")
+
+
+def topic_vectors(topics: list[str], texts: dict[str, list[str]], path: Path, causal_lm: bool) -> np.ndarray:
+    """One vector per topic: the mean of its texts' embeddings."""
+    distinct = list(dict.fromkeys(text for topic in topics for text in texts[topic]))
+    vectors = embed_texts(distinct, path, causal_lm)
+    row = {text: i for i, text in enumerate(distinct)}
+    return np.stack([vectors[[row[text] for text in texts[topic]]].mean(axis=0) for topic in topics])
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -197,17 +256,29 @@ def cluster_topics(train_topics: list[str], test_topics: list[str], train_vector
 
 
 def run_cluster(model: str, train: str, test: str, out_dir: str, *, embedder: str | None = None,
-                seed: int = 0, equal_sizes: bool = False) -> dict[str, Any]:
-    """Write near/far/random splits of the training records and the assignment; return a summary."""
+                seed: int = 0, equal_sizes: bool = False, topic_texts: list[str] | None = None) -> dict[str, Any]:
+    """Write near/far/random splits of the training records and the assignment; return a summary.
+    Topics are embedded by name, or with `topic_texts` (files) by the mean of their texts."""
     train_rows = read_topic_records(train)
     test_rows = read_topic_records(test)
     train_topics = list(dict.fromkeys(topic for _, topic in train_rows))
     test_topics = list(dict.fromkeys(topic for _, topic in test_rows))
+    texts = read_topic_texts(topic_texts) if topic_texts else None
+    if texts is not None:  # before the model loads: a missing text is the input's fault
+        check_topics_have_texts(train_topics, texts, "training", topic_texts)
+        check_topics_have_texts(test_topics, texts, "test", topic_texts)
     path, causal_lm = resolve_embedder(embedder, model)
     out = output_dir(out_dir)
 
-    stderr.print(f"embedding {len(train_topics)} training and {len(test_topics)} test topics with {path}")
-    vectors = embed_texts(train_topics + test_topics, path, causal_lm)
+    topics = train_topics + test_topics
+    if texts is None:
+        stderr.print(f"embedding {len(train_topics)} training and {len(test_topics)} test topics with {path}")
+        vectors = embed_texts(topics, path, causal_lm)
+    else:
+        n_texts = len({text for topic in topics for text in texts[topic]})
+        stderr.print(f"embedding {len(train_topics)} training and {len(test_topics)} test topics from "
+                     f"{n_texts} texts with {path}")
+        vectors = topic_vectors(topics, texts, path, causal_lm)
     counts: dict[str, int] = {}
     for _, topic in train_rows:
         counts[topic] = counts.get(topic, 0) + 1
@@ -261,4 +332,5 @@ def print_cluster_table(rows: list[Assignment], test_topics: list[str]) -> None:
 
 
 __all__ = ["Assignment", "assign", "split_halves", "keep_by_distance", "topic_of", "read_topic_records", "resolve_embedder",
-           "embed_texts", "cluster_topics", "run_cluster", "MINILM_ALIAS"]
+           "embed_texts", "texts_of", "read_topic_texts", "check_topics_have_texts", "topic_vectors", "cluster_topics",
+           "run_cluster", "MINILM_ALIAS"]

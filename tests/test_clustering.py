@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import run_cli
 from maskdpo_cli import clustering
-from maskdpo_cli.clustering import assign, cluster_topics, read_topic_records, run_cluster, split_halves
+from maskdpo_cli.clustering import (assign, cluster_topics, read_topic_records, read_topic_texts, run_cluster,
+                                    split_halves)
 from maskdpo_cli.errors import MaskDPOError
+from maskdpo_cli.world import make_world
 
 
 def test_assign_picks_the_nearest_centroid_by_euclidean_distance():
@@ -147,6 +150,95 @@ def test_empty_training_file_is_bad_input(tmp_path):
 def test_embedder_that_is_not_a_model_directory(tmp_path):
     with pytest.raises(MaskDPOError, match="config.json"):
         clustering.resolve_embedder(str(tmp_path), "m")
+
+
+# ---------------------------------------------------------------- --topic-texts
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    """A quick world of three kinds, three questions about each asked entity."""
+    out = tmp_path_factory.mktemp("world")
+    make_world(3, str(out), quick=True, kinds=3, questions_per_entity=3)
+    return out
+
+
+def test_topic_texts_are_the_documents_of_questions_and_the_answers_of_samples(world_dir, tmp_path):
+    files = [str(world_dir / "train_questions.jsonl"), str(world_dir / "test_questions.jsonl")]
+    questions = [json.loads(line) for f in files for line in Path(f).read_text().splitlines()]
+    texts = read_topic_texts(files)
+    world = json.loads((world_dir / "world.json").read_text())
+    assert set(texts) == {t["name"] for t in world["topics"]}  # train and test topics alike
+    for topic, docs in texts.items():
+        asked = [q for q in questions if q["topic"] == topic]
+        # the three questions about an entity share its document: each distinct text once
+        assert docs == list(dict.fromkeys(q["document"] for q in asked))
+        assert len(docs) == len({q["entity"] for q in asked}) < len(asked)
+    # samples: the policy's own answers, blank ones skipped, repeats once; the document is not used
+    sample = {**questions[0], "responses": [{"index": 0, "text": "A."}, {"index": 1, "text": "  "},
+                                            {"index": 2, "text": "B."}, {"index": 3, "text": "A."}]}
+    samples = _write(tmp_path / "samples.jsonl", [sample, {**sample, "id": "x", "responses": [{"text": "C."}]}])
+    assert read_topic_texts([samples]) == {questions[0]["topic"]: ["A.", "B.", "C."]}
+
+
+def test_run_cluster_embeds_a_topic_as_the_mean_of_its_texts(tmp_path, monkeypatch):
+    # By name a1 is nearest beta; by its texts (mean [1, 0]) it is nearest alpha.
+    table = {"alpha": [0.0, 0.0], "beta": [10.0, 0.0], "a1": [9.0, 0.0], "a2": [1.0, 0.0],
+             "doc alpha": [0.0, 0.0], "doc beta": [10.0, 0.0], "x": [0.0, 0.0], "y": [2.0, 0.0], "z": [8.0, 0.0]}
+    monkeypatch.setattr(clustering, "resolve_embedder", lambda embedder, model: (Path("x"), True))
+    monkeypatch.setattr(clustering, "embed_texts", lambda texts, path, causal: np.array([table[t] for t in texts]))
+    train = _write(tmp_path / "train.jsonl", [{"id": "q1", "question": "?", "topic": "a1"},
+                                              {"id": "q2", "question": "?", "topic": "a2"}])
+    test = _write(tmp_path / "test.jsonl", [{"id": "t1", "question": "?", "topic": "alpha"},
+                                            {"id": "t2", "question": "?", "topic": "beta"}])
+    texts = _write(tmp_path / "texts.jsonl", [
+        {"topic": "a1", "document": "x"}, {"topic": "a1", "responses": [{"text": "y"}, {"text": "x"}]},
+        {"topic": "a2", "document": "z"}, {"topic": "alpha", "document": "doc alpha"},
+        {"topic": "beta", "document": "doc beta"}])
+    run_cluster("m", train, test, str(tmp_path / "by-name"))
+    by_name = json.loads((tmp_path / "by-name" / "assignment.json").read_text())
+    assert [(a["topic"], a["cluster"]) for a in by_name] == [("a1", "beta"), ("a2", "alpha")]
+    summary = run_cluster("m", train, test, str(tmp_path / "by-text"), topic_texts=[texts])
+    by_text = json.loads((tmp_path / "by-text" / "assignment.json").read_text())
+    assert [(a["topic"], a["cluster"]) for a in by_text] == [("a1", "alpha"), ("a2", "beta")]
+    assert [a["distance"] for a in by_text] == pytest.approx([1.0, 2.0])  # a1: mean of x and y, x once
+    assert summary["near"] == 2 and summary["far"] == 0
+
+
+def test_topic_vectors_average_the_models_embeddings_of_the_texts(tiny_llama_path):
+    texts = {"ships": ["The brig sails to Krifall.", "Its cargo is tin."], "inns": ["The inn serves rye ale."]}
+    vectors = clustering.topic_vectors(["ships", "inns"], texts, tiny_llama_path, causal_lm=True)
+    alone = [clustering.embed_texts([t], tiny_llama_path, causal_lm=True)[0] for t in texts["ships"]]
+    assert vectors.shape == (2, 64)
+    assert vectors[0] == pytest.approx(np.mean(alone, axis=0), abs=1e-5)
+    assert vectors[1] == pytest.approx(clustering.embed_texts(texts["inns"], tiny_llama_path, causal_lm=True)[0],
+                                       abs=1e-5)
+
+
+def _cluster_with_texts(tmp_path: Path, texts: str, capsys) -> tuple[int, str]:
+    train = _write(tmp_path / "train.jsonl", [{"id": "q1", "question": "?", "topic": "a1"}])
+    test = _write(tmp_path / "test.jsonl", [{"id": "t1", "question": "?", "topic": "alpha"}])
+    code, out, err = run_cli(["cluster", "--train", train, "--test", test, "--topic-texts", texts,
+                              "-o", tmp_path / "out"], capsys)
+    assert out == "" and not (tmp_path / "out").exists()  # nothing written, no model loaded
+    return code, err
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"topic": "a1", "document": "x"}'], "no text for test topic 'alpha'"),
+    (['{"topic": "alpha", "document": "x"}', '{"topic": "a1", "responses": [{"text": " "}]}'],
+     "no text for training topic 'a1'"),
+    (['{"topic": "a1", "document": "x"}', '{"document": "y"}'], "texts.jsonl:2: field 'topic':"),
+    (['{"topic": "a1", "document": "x"}', '{"topic": "a1", "document": "y"'], "texts.jsonl:2: not valid JSON"),
+    (['{"topic": "a1", "question": "?"}'], "texts.jsonl:1: no text to embed"),
+    (['{"topic": "a1", "responses": ["x"]}'], "texts.jsonl:1: field 'responses':"),
+])
+def test_bad_topic_texts_are_one_line_and_exit_2(tmp_path, capsys, lines, message):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("\n".join(lines) + "\n")
+    code, err = _cluster_with_texts(tmp_path, str(texts), capsys)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def _tiny_llama(tmp_path: Path, tokenizer_dir: Path) -> Path:

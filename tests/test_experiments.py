@@ -17,7 +17,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"table4": "table4_scaling.py", "table5": "table5_clusters.py", "table6": "table6_best_of.py"}
+SCRIPTS = {"table4": "table4_scaling.py", "table6": "table6_best_of.py"}  # table5: its own tables, _check_table5
 COLUMNS = ["# correct", "# incorrect", "% score", "# no fact", "% fact precision"]
 CELL = re.compile(r"^(-|\d+\.\d\d ± \d+\.\d\d)$")  # mean ± sd over seeds, or "-" when nothing to score
 
@@ -60,9 +60,6 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
         topics_axis, questions_axis = by_data[f"{frac} by topics"], by_data[f"{frac} by questions"]
         assert topics_axis["pairs"] == questions_axis["pairs"]
         assert float(topics_axis["topics"]) < float(questions_axis["topics"])
-    table5 = json.loads((tables / "table5.json").read_text())
-    assert {(r["embedder"], r["split"]) for r in table5["rows"]} >= {
-        (e, s) for e in ("policy", "minilm") for s in ("near", "far", "random")}
     table6 = json.loads((tables / "table6.json").read_text())
     assert [r["model"] for r in table6["rows"]] == ["base", "maskdpo"]
     assert all(r["best-of-1"] and r["best-of-4"] for r in table6["rows"])
@@ -74,6 +71,43 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
 
     _check_fact_level(runs, tables)  # on the same seed's world, policy and annotations
     _check_lora_vs_full(runs, tables)
+    _check_table5(runs, tables)
+
+
+TABLE5_EMBEDDERS = ("policy-seen", "policy-name", "minilm")
+
+
+def _check_table5(runs: Path, tables: Path) -> None:
+    proc = _run("table5_clusters.py", runs, tables)  # its own world: --kinds 3 --questions-per-topic 3
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tables / "table5.json").read_text())
+    assert data["seeds"] == [3] and set(data["embedders"]) == set(TABLE5_EMBEDDERS)
+    assert (data["settings"]["kinds"], data["settings"]["questions_per_topic"]) == (3, 3)
+    for e in TABLE5_EMBEDDERS:
+        figures = {split: data["per_seed"][f"{e} {split}"]["3"] for split in ("near", "far", "random")}
+        # equal split sizes, as the written files say too
+        assert figures["near"]["pairs"] == figures["far"]["pairs"] == figures["random"]["pairs"] > 0
+        sizes = {len((runs / "seed3-k3q3" / "table5" / f"clusters-{e}" / f"{split}.jsonl").read_text().splitlines())
+                 for split in figures}
+        assert sizes == {figures["near"]["pairs"]}
+        for f in figures.values():
+            assert 0.0 <= f["truly_near"] <= 1.0 and 0.0 <= f["score"] <= 100.0
+        # paired differences, one seed: a mean, no interval, so nothing is detected
+        for difference in ("near - far", "near - random", "far - random"):
+            stat = data["paired"][e][difference]["score"]
+            a, b = difference.split(" - ")
+            assert stat["mean"] == pytest.approx(figures[a]["score"] - figures[b]["score"])
+            assert stat["low"] is None and stat["detected"] is False
+    assert 0.0 <= data["seed_info"]["3"]["chance"] <= 1.0
+    md = (tables / "table5.md").read_text()
+    assert "QUICK MODE" in md and md.count("not detected (underpowered)") >= 9
+    assert all(f"| {e} | near - far |" in md for e in TABLE5_EMBEDDERS)
+    png = (tables / "table5.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    # A rerun trains nothing again.
+    proc = _run("table5_clusters.py", runs, tables)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "$ maskdpo train" not in proc.stderr and "$ maskdpo cluster" not in proc.stderr
 
 
 ARMS = ["base", "dpo", "maskdpo", "maskdpo-neutral", "maskdpo-span", "maskdpo-span-neutral", "dpo-neutral"]
@@ -151,3 +185,28 @@ def test_fact_level_verdict_by_hand():
     # probe differences 2, 3, 4: mean 3, sd 1, t(0.975, 2) = 4.303 -> 3 ± 2.484
     interval = common.paired(values, "a", "base", "probe", seeds)
     assert interval["mean"] == pytest.approx(3.0) and interval["low"] == pytest.approx(3 - 4.302653 / 3 ** 0.5)
+
+
+def test_table5_truly_near_share_and_detection_by_hand(tmp_path: Path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import table5_clusters
+
+    # near is the same kind in the same region (affinity 2); one level shared is not near
+    topics = {name: {"id": name, "kind": kind, "region": region}
+              for name, kind, region in [("test ship A", "ship", "A"), ("ship A", "ship", "A"),
+                                         ("person A", "person", "A"), ("ship B", "ship", "B")]}
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    (clusters / "assignment.json").write_text(json.dumps(
+        [{"topic": t, "cluster": "test ship A"} for t in ("ship A", "person A", "ship B")]))
+    (clusters / "near.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n"
+                                                 for t in ("ship A", "ship A", "person A")))
+    (clusters / "far.jsonl").write_text(json.dumps({"topic": "ship B"}) + "\n")
+    assert table5_clusters.truly_near_share(clusters, "near", topics) == 0.5  # topics, not records
+    assert table5_clusters.truly_near_share(clusters, "far", topics) == 0.0
+    assert table5_clusters.detected({"mean": 1.0, "low": 0.1, "high": 1.9})
+    assert table5_clusters.detected({"mean": -1.0, "low": -1.9, "high": -0.1})
+    assert not table5_clusters.detected({"mean": 1.0, "low": -0.1, "high": 2.1})
+    assert not table5_clusters.detected({"mean": 1.0, "low": None, "high": None})  # one seed: no interval
+    assert table5_clusters.fmt_difference({"mean": 1.0, "low": -0.1, "high": 2.1}) == \
+        "+1.00 [-0.10, +2.10] not detected (underpowered)"
