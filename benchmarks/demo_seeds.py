@@ -35,9 +35,9 @@ FIGURES = ("questions", "replications", "correct", "incorrect", "score", "score_
            "facts_correct", "facts_incorrect", "fact_score", "fact_score_sd", "atomic_fact_precision")
 
 
-def run(seed: int, out: Path, quick: bool) -> dict[str, dict]:
+def run(seed: int, out: Path, quick: bool, world: list[str] = ()) -> dict[str, dict]:
     folder = out / f"seed{seed}"
-    cmd = [sys.executable, "-m", "maskdpo_cli.cli", "demo", "--seed", str(seed), "-o", str(folder)]
+    cmd = [sys.executable, "-m", "maskdpo_cli.cli", "demo", "--seed", str(seed), "-o", str(folder), *world]
     subprocess.run(cmd + (["--quick"] if quick else []), check=True)
     return load_summaries(folder)
 
@@ -105,11 +105,12 @@ def tables(results: dict[int, dict[str, dict]], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, name: str = "demo_seeds") -> None:
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    section = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    begin, end = BEGIN.replace("demo_seeds", name), END.replace("demo_seeds", name)
+    section = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
     path.write_text(text, encoding="utf-8")
@@ -119,21 +120,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("-o", "--output", default="runs/demo-seeds")
-    parser.add_argument("--results", type=Path, help="Markdown file whose demo_seeds section is (re)written.")
-    parser.add_argument("--json", type=Path, default=Path("experiments/results/demo_seeds.json"),
-                        help="Where the figures of every seed and model go (the tables' data).")
+    parser.add_argument("--kinds", type=int, default=1, help="`demo --kinds` (default 1: the default world).")
+    parser.add_argument("--questions-per-topic", type=int, default=1, help="`demo --questions-per-topic` (default 1).")
+    parser.add_argument("-o", "--output", default=None, help="Runs folder (default runs/demo-seeds, "
+                        "runs/demo-seeds-k<K>q<Q> for another world).")
+    parser.add_argument("--results", type=Path, help="Markdown file whose demo_seeds section (demo_seeds-k<K>q<Q> "
+                        "for another world) is (re)written.")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="Where the figures of every seed and model go (the tables' data; default "
+                             "experiments/results/demo_seeds.json, demo_seeds-k<K>q<Q>.json for another world).")
     parser.add_argument("--from-json", type=Path, help="Make the tables from this stored JSON; run nothing.")
     args = parser.parse_args()
+    name = "demo_seeds" + ("" if (args.kinds, args.questions_per_topic) == (1, 1)
+                           else f"-k{args.kinds}q{args.questions_per_topic}")
+    world = [] if name == "demo_seeds" else ["--kinds", str(args.kinds),
+                                             "--questions-per-topic", str(args.questions_per_topic)]
+    args.json = args.json or Path("experiments/results") / f"{name}.json"
+    args.output = args.output or "runs/" + name.replace("_", "-")
     if args.from_json:
         data = json.loads(args.from_json.read_text(encoding="utf-8"))
         results = {int(seed): models for seed, models in data["per_seed"].items()}
         command = data["command"]
     else:
         out = Path(args.output)
-        results = {s: figures(run(s, out, args.quick)) for s in args.seeds}
+        results = {s: figures(run(s, out, args.quick, world)) for s in args.seeds}
         command = ("python benchmarks/demo_seeds.py --seeds " + " ".join(map(str, args.seeds))
-                   + (" --quick" if args.quick else ""))
+                   + "".join(f" {w}" for w in world) + (" --quick" if args.quick else ""))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "seeds": args.seeds, "quick": args.quick,
                                          "per_seed": {str(s): results[s] for s in args.seeds}}, indent=1) + "\n",
@@ -141,7 +153,7 @@ def main() -> None:
     body = tables(results, command)
     print(body)
     if args.results:
-        write_section(args.results, body)
+        write_section(args.results, body, name)
 
 
 if __name__ == "__main__":

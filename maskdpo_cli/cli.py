@@ -357,11 +357,14 @@ def demo(
     output: str = typer.Option("maskdpo-demo", "-o", "--output", help="Output directory (reruns resume it)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller world and shorter runs (about 1 minute on 2 idle cores; the full demo about 3)."),
     seed: int = typer.Option(7, help="World seed; the same seed gives the same world."),
+    kinds: int = typer.Option(1, "--kinds", min=1, max=3, help="The world's kinds of entity (as `world make`)."),
+    questions: int = typer.Option(1, "--questions-per-topic", min=1, max=5,
+                                  help="Questions about each asked entity (as `world make`)."),
 ) -> None:
     """The whole method on the embedded world: base vs DPO vs Mask-DPO on unseen topics."""
     from maskdpo_cli.demo import DemoSettings, run_demo
 
-    table = run_demo(output, DemoSettings.for_mode(quick, seed))
+    table = run_demo(output, DemoSettings.for_mode(quick, seed, kinds, questions))
     stderr.print(table, highlight=False, soft_wrap=True)
     stderr.print(f"[green]demo[/] results in {output}/RESULTS.md, report in {output}/report/report.html",
                  highlight=False)

@@ -34,12 +34,15 @@ class DemoSettings:
     lr: float = 1e-4
     epochs: int = 2
     batch_size: int = 8
+    kinds: int = 1                # `world make --kinds`: 1 is the default world (people only)
+    questions_per_topic: int = 1  # `world make --questions-per-topic`
 
     @classmethod
-    def for_mode(cls, quick: bool, seed: int) -> DemoSettings:
+    def for_mode(cls, quick: bool, seed: int, kinds: int = 1, questions_per_topic: int = 1) -> DemoSettings:
+        world = dict(seed=seed, kinds=kinds, questions_per_topic=questions_per_topic)
         if quick:
-            return cls(quick=True, seed=seed, samples_per_question=6, max_new_tokens=80, replications=2)
-        return cls(seed=seed)
+            return cls(quick=True, samples_per_question=6, max_new_tokens=80, replications=2, **world)
+        return cls(**world)
 
 
 def _stage(name: str) -> None:
@@ -66,7 +69,8 @@ def run_demo(out_dir: str, settings: DemoSettings) -> str:
 
     _stage("1/7 world make")
     if not (world / "world.json").is_file():
-        stderr.print(make_world(settings.seed, str(world), quick=settings.quick), highlight=False)
+        stderr.print(make_world(settings.seed, str(world), quick=settings.quick, kinds=settings.kinds,
+                                questions_per_entity=settings.questions_per_topic), highlight=False)
     _stage("2/7 world pretrain")
     if not (policy / "config.json").is_file():
         stderr.print(pretrain(str(world), str(policy), seed=settings.seed, quick=settings.quick), highlight=False)
