@@ -153,10 +153,8 @@ def prepare(root: Path, seed: int, s: Settings, shared_runs: bool = True) -> See
     if not done(policy / "config.json"):
         steps = ["--steps", s.pretrain_steps] if s.pretrain_steps else []
         maskdpo("world", "pretrain", world, "-o", policy, "--seed", seed, *steps, *(["--quick"] if s.quick else []))
-    maskdpo("sample", world / "train_questions.jsonl", "--model", policy, "-n", s.samples_per_question,
-            "--temperature", "0.8", "--top-k", "40", "--max-new-tokens", s.max_new_tokens, "--seed", seed,
-            "-o", d / "samples.jsonl")
-    maskdpo("annotate", d / "samples.jsonl", "--annotator", f"world:{world}", "-o", d / "annotated.jsonl")
+    sample_and_annotate(world, world / "train_questions.jsonl", policy, d / "samples.jsonl", d / "annotated.jsonl",
+                        s, seed)
     if not done(d / "pairs.jsonl"):
         maskdpo("pair", d / "annotated.jsonl", "-o", d / "pairs.jsonl")
     if not done(d / "pairs.jsonl"):
@@ -168,6 +166,16 @@ def prepare(root: Path, seed: int, s: Settings, shared_runs: bool = True) -> See
         train(run, run.pairs, d / "runs" / "maskdpo-all", s)
         evaluate(run, {"base": policy}, d / "eval-base", s)
     return run
+
+
+def sample_and_annotate(world: Path, questions: Path, model: Path, samples: Path, annotated: Path, s: Settings,
+                        seed: int) -> Path:
+    """The paper's sampling (K per question, T 0.8, top-k 40) from `model`, labelled by the world's
+    oracle; both commands resume their partial outputs. Returns `annotated`."""
+    maskdpo("sample", questions, "--model", model, "-n", s.samples_per_question, "--temperature", "0.8",
+            "--top-k", "40", "--max-new-tokens", s.max_new_tokens, "--seed", seed, "-o", samples)
+    maskdpo("annotate", samples, "--annotator", f"world:{world}", "-o", annotated)
+    return annotated
 
 
 def train(run: SeedRun, pairs: Path, work: Path, s: Settings, *, mask: bool = True, lr: float | None = None,
@@ -273,6 +281,15 @@ def fmt_interval(stat: dict[str, float | None] | None) -> str:
     if stat["low"] is None:
         return f"{stat['mean']:+.2f}"
     return f"{stat['mean']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
+
+
+def fmt_paired(stat: dict[str, float | None] | None) -> str:
+    """A paired difference with its interval, and "not detected (underpowered)" unless an interval
+    exists (2 seeds or more) and excludes 0."""
+    if stat is None:
+        return "-"
+    detected = stat["low"] is not None and (stat["low"] > 0 or stat["high"] < 0)
+    return fmt_interval(stat) + ("" if detected else " not detected (underpowered)")
 
 
 def mean_sd(values: list[float | None]) -> tuple[float, float] | None:

@@ -1,9 +1,10 @@
-"""experiments/: the three generalization studies, the fact-level study and full vs LoRA run end to end (--quick) and
-write well-formed tables."""
+"""experiments/: the generalization studies (Tables 3 to 6), the fact-level study and full vs LoRA run end to end
+(--quick) and write well-formed tables."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"table4": "table4_scaling.py", "table6": "table6_best_of.py"}  # table5: its own tables, _check_table5
+SCRIPTS = {"table6": "table6_best_of.py"}  # Tables 3, 4 and 5: test_quick_tables_3_4_and_5
 COLUMNS = ["# correct", "# incorrect", "% score", "# no fact", "% fact precision"]
 CELL = re.compile(r"^(-|\d+\.\d\d ± \d+\.\d\d)$")  # mean ± sd over seeds, or "-" when nothing to score
 
@@ -53,13 +54,6 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
         png = (tables / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
 
-    table4 = json.loads((tables / "table4.json").read_text())
-    by_data = {r["data"]: r for r in table4["rows"]}
-    # equal budgets: the two axes train on the same number of pairs, the topics axis on fewer topics
-    for frac in ("1/3",):  # --quick trains one budget below the full one
-        topics_axis, questions_axis = by_data[f"{frac} by topics"], by_data[f"{frac} by questions"]
-        assert topics_axis["pairs"] == questions_axis["pairs"]
-        assert float(topics_axis["topics"]) < float(questions_axis["topics"])
     table6 = json.loads((tables / "table6.json").read_text())
     assert [r["model"] for r in table6["rows"]] == ["base", "maskdpo"]
     assert all(r["best-of-1"] and r["best-of-4"] for r in table6["rows"])
@@ -71,7 +65,6 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
 
     _check_fact_level(runs, tables)  # on the same seed's world, policy and annotations
     _check_lora_vs_full(runs, tables)
-    _check_table5(runs, tables)
 
 
 TABLE5_EMBEDDERS = ("policy-seen", "policy-name", "minilm")
@@ -210,3 +203,164 @@ def test_table5_truly_near_share_and_detection_by_hand(tmp_path: Path):
     assert not table5_clusters.detected({"mean": 1.0, "low": None, "high": None})  # one seed: no interval
     assert table5_clusters.fmt_difference({"mean": 1.0, "low": -0.1, "high": 2.1}) == \
         "+1.00 [-0.10, +2.10] not detected (underpowered)"
+
+
+# ---------------------------------------------------------------- Tables 4 and 3 (3 kinds, 3 questions per entity)
+
+WORLD_K3Q3 = "seed3-k3q3"
+
+
+def test_quick_tables_3_4_and_5(tmp_path: Path):
+    """The three studies on their own world (3 kinds, 3 questions per entity), pretrained once for all three."""
+    runs, tables = tmp_path / "runs", tmp_path / "tables"
+    _check_table4(runs, tables)
+    _check_table3(runs, tables)
+    _check_table5(runs, tables)
+
+
+def _first_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the first Markdown table (more tables of paired differences follow it)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return _markdown_rows("\n".join(lines[start:end]))
+
+
+def _entity_of(runs: Path) -> dict[str, str]:
+    questions = (runs / WORLD_K3Q3 / "world" / "train_questions.jsonl").read_text().splitlines()
+    return {q["id"]: q["entity"] for q in map(json.loads, questions)}
+
+
+def _ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def _check_table4(runs: Path, tables: Path) -> None:
+    proc = _run("table4_scaling.py", runs, tables)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    size = json.loads((runs / WORLD_K3Q3 / "world" / "world.json").read_text())["size"]
+    assert (size["kinds"], size["questions_per_entity"]) == (3, 3)  # the study's default world
+    md, data = (tables / "table4.md").read_text(), json.loads((tables / "table4.json").read_text())
+    headers, rows = _first_table(md)
+    assert all(c in headers for c in COLUMNS) and data["columns"] == headers[-len(data["columns"]):]
+    assert data["seeds"] == [3] and len(rows) == len(data["rows"])
+    for row in rows:
+        assert all(CELL.match(cell) for cell in row[-len(data["columns"]):]), row
+    by_data = {r["data"]: r for r in data["rows"]}
+    assert list(by_data) == ["base (no training)", "1/3 by topics", "1/3 by questions", "all pairs (both axes)"]
+    every = by_data["all pairs (both axes)"]
+    topics_axis, questions_axis = by_data["1/3 by topics"], by_data["1/3 by questions"]
+    # equal budgets: a third of the pairs on both axes; the topics axis on fewer topics, the questions axis on all
+    assert topics_axis["pairs"] == questions_axis["pairs"] == str(int(every["pairs"]) // 3)
+    assert float(topics_axis["topics"]) < float(questions_axis["topics"]) == float(every["topics"])
+    # the subsets themselves: whole topics (the last one cut) vs about one question per asked entity
+    entity_of, d = _entity_of(runs), runs / WORLD_K3Q3 / "scaling"
+    all_pairs = [json.loads(line) for line in (runs / WORLD_K3Q3 / "pairs.jsonl").read_text().splitlines()]
+    by_topic = {}
+    for p in all_pairs:
+        by_topic.setdefault(p["topic"], set()).add(p["id"])
+    topics_ids, questions_ids = _ids(d / "topics-1of3.jsonl"), _ids(d / "questions-1of3.jsonl")
+    assert len(topics_ids) == len(questions_ids) == len(all_pairs) // 3
+    partial = [t for t, ids in by_topic.items() if 0 < len(ids & set(topics_ids)) < len(ids)]
+    assert len(partial) <= 1
+    assert {entity_of[i] for i in questions_ids} and len({entity_of[i] for i in questions_ids}) == len(questions_ids)
+    assert data["sizes"]["3"]["questions-1of3"]["pairs_per_entity"] == 1.0
+    assert data["sizes"]["3"]["topics-1of3"]["pairs_per_entity"] > 1.0  # whole entities: all their questions
+    # level gap and each axis's step, paired over seeds; one seed gives no interval
+    per_seed = data["per_seed"]
+    assert set(data["paired"]) == {"gap at 1/3: questions - topics", "topics step full - 1/3",
+                                   "questions step full - 1/3"}
+    for label, stats in data["paired"].items():
+        arm, against = stats["arm"], stats["against"]
+        for metric in ("score", "correct_facts", "incorrect_facts", "fact_precision"):
+            assert stats[metric]["n"] == 1 and stats[metric]["low"] is None
+            assert stats[metric]["mean"] == pytest.approx(per_seed[arm]["3"][metric] - per_seed[against]["3"][metric])
+    assert data["paired"]["gap at 1/3: questions - topics"]["arm"] == "questions-1of3"
+    assert "65.04" in md and "69.03" in md and "77.53" in md
+    paired_rows = [line for line in md.splitlines()
+                   if line.startswith(("| gap at", "| topics step", "| questions step"))]
+    assert len(paired_rows) == 3
+    for line in paired_rows:  # one seed: no interval, so nothing is detected
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert len(cells) == len(data["metrics"]) and all(c.endswith("not detected (underpowered)") for c in cells)
+    png = (tables / "table4.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+
+
+def _check_table3(runs: Path, tables: Path) -> None:
+    proc = _run("table3_sampling.py", runs, tables)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = runs / WORLD_K3Q3 / "sampling"
+    assert "$ maskdpo world make" not in proc.stderr  # Table 4's world and policy, shared
+    # the other policy: the same world, pretrained with seed 3 + 1000
+    assert json.loads((d / "other-policy" / "world_pretrain.json").read_text())["seed"] == 1003
+    data = json.loads((tables / "table3.json").read_text())
+    arms = ["on-policy", "other-policy", "doc"]
+    assert data["seeds"] == [3] and list(data["per_seed"]) == ["base", *arms]
+    for arm in ["base", *arms]:
+        assert 0.0 <= data["per_seed"][arm]["3"]["score"] <= 100.0
+    # the three arms train on the same question ids, from the seed's own policy, with the same settings
+    ids = {arm: _ids(d / f"pairs.{arm}.jsonl") for arm in arms}
+    assert ids["on-policy"] and all(sorted(ids[arm]) == sorted(ids["on-policy"]) for arm in arms)
+    assert data["seed_info"]["3"]["pairs"] == len(ids["on-policy"])
+    runs_json = {arm: json.loads((d / "runs" / arm / "run.json").read_text()) for arm in arms}
+    policy = str((runs / WORLD_K3Q3 / "world" / "policy").resolve())
+    assert all(r["model"] == policy and r["use_mask"] for r in runs_json.values())
+    assert len({(r["lr"], r["beta"], r["seed"], r["global_batch"]) for r in runs_json.values()}) == 1
+    assert len({r["pairs_sha256"] for r in runs_json.values()}) == 3
+    # +Doc: sampled with the document in the prompt, trained on the bare question (as on-policy)
+    read = lambda path: {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}  # noqa: E731
+    doc_samples, bare_samples = read(d / "samples.doc.jsonl"), read(runs / WORLD_K3Q3 / "samples.jsonl")
+    on_policy, doc = read(d / "pairs.on-policy.jsonl"), read(d / "pairs.doc.jsonl")
+    for qid, p in doc.items():
+        sample = doc_samples[qid]
+        assert sample["document"] in sample["prompt"][0]["content"]
+        assert p["prompt"] == on_policy[qid]["prompt"] == [{"role": "user", "content": p["question"]}]
+        assert sample["document"] not in json.dumps(p["prompt"])
+        assert p["chosen"][0]["content"] in {r["text"] for r in sample["responses"]}
+        assert p["rejected"][0]["content"] in {r["text"] for r in bare_samples[qid]["responses"]}
+    other = read(d / "samples.other-policy.jsonl")
+    assert any(other[q]["responses"] != bare_samples[q]["responses"] for q in other)  # another model's answers
+    for label in ("on-policy - other-policy", "on-policy - doc"):
+        diff = data["paired"][label]["score"]
+        a, b = label.split(" - ")
+        assert diff["mean"] == pytest.approx(data["per_seed"][a]["3"]["score"] - data["per_seed"][b]["3"]["score"])
+        assert diff["low"] is None and diff["n"] == 1
+    md = (tables / "table3.md").read_text()
+    assert "QUICK MODE" in md and "not detected (underpowered)" in md
+    png = (tables / "table3.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    # a rerun of either study trains, pretrains and samples nothing new
+    for script in ("table4_scaling.py", "table3_sampling.py"):
+        proc = _run(script, runs, tables)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "$ maskdpo train" not in proc.stderr and "$ maskdpo world" not in proc.stderr
+
+
+def test_table4_axes_by_hand():
+    """Equal budgets; the topics axis takes whole topics, the questions axis every topic and
+    spreads each topic's share over its entities."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import table4_scaling as t4
+
+    # 4 topics of 3 entities with 3 questions each, one entity with a single pair: 34 pairs
+    pairs, entity_of = [], {}
+    for t in range(4):
+        for e in range(3):
+            for q in range(1 if (t, e) == (0, 0) else 3):
+                qid = f"t{t}-e{e}-q{q}"
+                pairs.append({"id": qid, "topic": f"topic{t}"})
+                entity_of[qid] = f"t{t}-e{e}"
+    for budget in (11, 22):
+        by_topics = t4.topics_subset(pairs, budget, seed=5)
+        by_questions = t4.questions_subset(pairs, budget, 5, entity_of)
+        assert len(by_topics) == len(by_questions) == budget
+        assert len({p["topic"] for p in by_questions}) == 4 > len({p["topic"] for p in by_topics})
+        assert len({p["id"] for p in by_questions}) == budget  # no pair twice
+        for t in range(4):
+            counts = {f"t{t}-e{e}": sum(entity_of[p["id"]] == f"t{t}-e{e}" for p in by_questions) for e in range(3)}
+            # as even as the pairs allow: an entity holds fewer than another only when it has run out
+            assert all(c >= max(counts.values()) - 1 or (e == "t0-e0" and c == 1) for e, c in counts.items())
+    # shares add up exactly, in proportion to each topic's pairs, the rest to the largest remainders
+    assert t4.shares({"a": 10, "b": 10, "c": 1}, 8, random.Random(0)) == {"a": 4, "b": 4, "c": 0}
+    assert t4.topics_subset(pairs, 11, 5) == t4.topics_subset(pairs, 11, 5)  # seeded: the same draw again
