@@ -283,13 +283,17 @@ def fmt_interval(stat: dict[str, float | None] | None) -> str:
     return f"{stat['mean']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
 
 
+def detected(stat: dict[str, float | None] | None) -> bool:
+    """Whether a paired difference's 95% interval excludes 0 (no interval, e.g. one seed, detects nothing)."""
+    return stat is not None and stat["low"] is not None and (stat["low"] > 0 or stat["high"] < 0)
+
+
 def fmt_paired(stat: dict[str, float | None] | None) -> str:
     """A paired difference with its interval, and "not detected (underpowered)" unless an interval
     exists (2 seeds or more) and excludes 0."""
     if stat is None:
         return "-"
-    detected = stat["low"] is not None and (stat["low"] > 0 or stat["high"] < 0)
-    return fmt_interval(stat) + ("" if detected else " not detected (underpowered)")
+    return fmt_interval(stat) + ("" if detected(stat) else " not detected (underpowered)")
 
 
 def mean_sd(values: list[float | None]) -> tuple[float, float] | None:

@@ -136,17 +136,6 @@ def run_seed(run: common.SeedRun, s: common.Settings) -> tuple[dict[str, dict[st
 # ---------------------------------------------------------------- outputs
 
 
-def detected(stat: dict[str, float | None] | None) -> bool:
-    """Whether the 95% interval excludes 0 (no interval, e.g. one seed, detects nothing)."""
-    return stat is not None and stat["low"] is not None and (stat["low"] > 0 or stat["high"] < 0)
-
-
-def fmt_difference(stat: dict[str, float | None] | None) -> str:
-    if stat is None:
-        return "-"
-    return common.fmt_interval(stat) + ("" if detected(stat) else f" {UNDERPOWERED}")
-
-
 def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
                   info: dict[int, dict[str, Any]], s: common.Settings, started: float) -> dict[str, Any]:
     arms = ["base"] + [f"{e} {split}" for e in EMBEDDERS for split in SPLITS]
@@ -157,7 +146,7 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
         for stats in by_difference.values():
             for stat in stats.values():
                 if stat is not None:
-                    stat["detected"] = detected(stat)
+                    stat["detected"] = common.detected(stat)
     chance = common.mean_sd([info[seed]["chance"] for seed in seeds])
     elapsed = time.time() - started
     command = common.command_line()
@@ -182,7 +171,7 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
            "|---|---|" + "---:|" * len(COMPARED)]
     for e, by_difference in paired.items():
         for difference, stats in by_difference.items():
-            md.append(f"| {e} | {difference} | " + " | ".join(fmt_difference(stats[m]) for m in COMPARED) + " |")
+            md.append(f"| {e} | {difference} | " + " | ".join(common.fmt_paired(stats[m]) for m in COMPARED) + " |")
     text = "\n".join(md) + "\n"
     data = {"title": "Table 5: near vs far vs random training topics", "command": command, "seeds": seeds,
             "settings": asdict(s), "elapsed_s": round(elapsed, 1), "embedders": EMBEDDERS, "columns": COLUMNS,

@@ -182,6 +182,7 @@ def test_fact_level_verdict_by_hand():
 
 def test_table5_truly_near_share_and_detection_by_hand(tmp_path: Path):
     sys.path.insert(0, str(ROOT / "experiments"))
+    import common
     import table5_clusters
 
     # near is the same kind in the same region (affinity 2); one level shared is not near
@@ -197,11 +198,11 @@ def test_table5_truly_near_share_and_detection_by_hand(tmp_path: Path):
     (clusters / "far.jsonl").write_text(json.dumps({"topic": "ship B"}) + "\n")
     assert table5_clusters.truly_near_share(clusters, "near", topics) == 0.5  # topics, not records
     assert table5_clusters.truly_near_share(clusters, "far", topics) == 0.0
-    assert table5_clusters.detected({"mean": 1.0, "low": 0.1, "high": 1.9})
-    assert table5_clusters.detected({"mean": -1.0, "low": -1.9, "high": -0.1})
-    assert not table5_clusters.detected({"mean": 1.0, "low": -0.1, "high": 2.1})
-    assert not table5_clusters.detected({"mean": 1.0, "low": None, "high": None})  # one seed: no interval
-    assert table5_clusters.fmt_difference({"mean": 1.0, "low": -0.1, "high": 2.1}) == \
+    assert common.detected({"mean": 1.0, "low": 0.1, "high": 1.9})
+    assert common.detected({"mean": -1.0, "low": -1.9, "high": -0.1})
+    assert not common.detected({"mean": 1.0, "low": -0.1, "high": 2.1})
+    assert not common.detected({"mean": 1.0, "low": None, "high": None})  # one seed: no interval
+    assert common.fmt_paired({"mean": 1.0, "low": -0.1, "high": 2.1}) == \
         "+1.00 [-0.10, +2.10] not detected (underpowered)"
 
 
