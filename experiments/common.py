@@ -353,11 +353,32 @@ def write_table(tables: Path, name: str, title: str, rows: list[Row], *, seeds: 
                          for c, st in row.columns(columns).items()},
                       "per_seed": [{c: get(s) for c, get in columns} for s in row.summaries]}
                      for row in rows]}
+    save_results(tables, name, text, data)
+    print(text)
+    return text
+
+
+def mean_sd_record(means: dict[str, dict[str, tuple[float, float] | None]]) -> dict[str, dict[str, Any]]:
+    """{row: {column: (mean, sd) or None}} as JSON objects."""
+    return {row: {c: (None if st is None else {"mean": st[0], "sd": st[1]}) for c, st in cols.items()}
+            for row, cols in means.items()}
+
+
+def save_results(tables: Path, name: str, text: str, data: dict[str, Any]) -> None:
+    """A study's table (NAME.md) and its data (NAME.json) under tables/."""
     tables.mkdir(parents=True, exist_ok=True)
     (tables / f"{name}.md").write_text(text, encoding="utf-8")
     (tables / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    print(text)
-    return text
+
+
+def bar_paired(ax: Any, labels: list[str], stats: list[dict[str, float | None] | None], rotation: int = 30) -> None:
+    """Paired differences as bars with their 95% intervals (none drawn where a difference has none)."""
+    means = [0.0 if st is None else st["mean"] for st in stats]
+    errors = [[0.0 if st is None or st["low"] is None else st["mean"] - st["low"] for st in stats],
+              [0.0 if st is None or st["high"] is None else st["high"] - st["mean"] for st in stats]]
+    ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
 
 
 def figure(ncols: int = 1, width: float = 6.4, height: float = 4.0) -> tuple[Any, Any]:

@@ -184,13 +184,10 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
             "metrics": {m: title for m, (title, _) in METRICS.items()},
             "per_seed": {arm: {str(s): values[arm][s] for s in seeds} for arm in ARM_NAMES},
             "seed_info": {str(s): info[s] for s in seeds},
-            "mean_sd": {arm: {m: (None if st is None else {"mean": st[0], "sd": st[1]}) for m, st in ms.items()}
-                        for arm, ms in means.items()},
+            "mean_sd": common.mean_sd_record(means),
             "paired": diffs, "verdict": verdicts,
             "bar": {"incorrect_drop": INCORRECT_DROP, "correct_keep": CORRECT_KEEP, "filler_rise": FILLER_RISE}}
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "fact_level.md").write_text(text, encoding="utf-8")
-    (tables / "fact_level.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    common.save_results(tables, "fact_level", text, data)
     plot(diffs["base"], tables / "fact_level.png")
     print(text)
     return data
@@ -202,13 +199,7 @@ def plot(diffs: dict[str, dict[str, dict[str, float | None] | None]], path: Path
     fig, axes = common.figure(ncols=len(shown), width=14, height=4.0)
     arms = list(diffs)
     for ax, metric in zip(axes[0], shown):
-        stats = [diffs[arm][metric] for arm in arms]
-        means = [0.0 if st is None else st["mean"] for st in stats]
-        errors = [[0.0 if st is None or st["low"] is None else st["mean"] - st["low"] for st in stats],
-                  [0.0 if st is None or st["high"] is None else st["high"] - st["mean"] for st in stats]]
-        ax.bar(range(len(arms)), means, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(arms))])
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right", fontsize=8)
+        common.bar_paired(ax, arms, [diffs[arm][metric] for arm in arms], rotation=45)
         ax.set_title(f"{METRICS[metric][0]}, minus base")
     common.save_figure(fig, path)
 

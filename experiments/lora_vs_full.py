@@ -113,12 +113,9 @@ def write_outputs(tables: Path, swept: dict[str, Any], values: dict[str, dict[in
             "elapsed_s": round(elapsed, 1), "lora": {"rank": RANK, "alpha": 2 * RANK, "dropout": 0.05, "lr": lr},
             "sweep": swept, "columns": columns,
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in ARMS},
-            "mean_sd": {arm: {c: (None if st is None else {"mean": st[0], "sd": st[1]}) for c, st in ms.items()}
-                        for arm, ms in means.items()},
+            "mean_sd": common.mean_sd_record(means),
             "paired": {f"{a} - {b}": st for (a, b), st in diffs.items()}}
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "lora_vs_full.md").write_text(text, encoding="utf-8")
-    (tables / "lora_vs_full.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    common.save_results(tables, "lora_vs_full", text, data)
     print(text)
 
 

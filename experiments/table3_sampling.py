@@ -41,7 +41,6 @@ table3.json (per-seed values too) and table3.png under --tables; reruns resume.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -181,12 +180,9 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
             "metrics": {m: title for m, (title, _) in METRICS.items()},
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in ALL_ARMS},
             "seed_info": {str(seed): info[seed] for seed in seeds},
-            "mean_sd": {arm: {m: (None if st is None else {"mean": st[0], "sd": st[1]}) for m, st in ms.items()}
-                        for arm, ms in means.items()},
+            "mean_sd": common.mean_sd_record(means),
             "paired": diffs}
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "table3.md").write_text(text, encoding="utf-8")
-    (tables / "table3.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    common.save_results(tables, "table3", text, data)
     plot(means, diffs, tables / "table3.png")
     print(text)
 
@@ -205,13 +201,7 @@ def plot(means: dict[str, dict[str, tuple[float, float] | None]], diffs: dict[st
     ax.set_title("Table 3: sampling strategy")
     ax = axes[0][1]
     labels = list(diffs)
-    stats = [diffs[label]["score"] for label in labels]
-    ax.bar(range(len(labels)), [0.0 if st is None else st["mean"] for st in stats],
-           yerr=[[0.0 if st is None or st["low"] is None else st["mean"] - st["low"] for st in stats],
-                 [0.0 if st is None or st["high"] is None else st["high"] - st["mean"] for st in stats]],
-           capsize=4, color=[f"C{i}" for i in range(len(labels))])
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    common.bar_paired(ax, labels, [diffs[label]["score"] for label in labels])
     ax.set_ylabel("% score difference (95% t-interval)")
     ax.set_title("paired differences over seeds")
     common.save_figure(fig, path)

@@ -241,13 +241,7 @@ def plot(values: dict[str, dict[int, dict]], paired: dict[str, dict], fractions:
     ax.legend()
     ax = axes[0][1]
     labels = list(paired)
-    stats = [paired[label]["score"] for label in labels]
-    means = [0.0 if st is None else st["mean"] for st in stats]
-    errors = [[0.0 if st is None or st["low"] is None else st["mean"] - st["low"] for st in stats],
-              [0.0 if st is None or st["high"] is None else st["high"] - st["mean"] for st in stats]]
-    ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    common.bar_paired(ax, labels, [paired[label]["score"] for label in labels])
     ax.set_ylabel("% score difference (95% t-interval)")
     ax.set_title("paired differences over seeds")
     common.save_figure(fig, path)

@@ -178,12 +178,9 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in arms},
             "seed_info": {str(seed): info[seed] for seed in seeds},
             "chance": None if chance is None else {"mean": chance[0], "sd": chance[1]},
-            "mean_sd": {arm: {c: (None if st is None else {"mean": st[0], "sd": st[1]}) for c, st in ms.items()}
-                        for arm, ms in means.items()},
+            "mean_sd": common.mean_sd_record(means),
             "paired": paired}
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "table5.md").write_text(text, encoding="utf-8")
-    (tables / "table5.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    common.save_results(tables, "table5", text, data)
     plot(means, chance, tables / "table5.png")
     print(text)
     return data
