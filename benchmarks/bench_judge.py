@@ -35,7 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "benchmarks" / "judge_latency_server.py"

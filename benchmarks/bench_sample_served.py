@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench_judge import MASKDPO, Servers, run_anchor
 
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 
 QUESTIONS, RESPONSES, LATENCY = 128, 32, 0.5
 

@@ -209,6 +209,19 @@ def base_summary(run: SeedRun) -> dict[str, Any]:
     return json.loads((run.dir / "eval-base" / "base" / "summary.json").read_text(encoding="utf-8"))
 
 
+def run_seeds(args: argparse.Namespace, s: Settings, run_seed: Any, *, shared_runs: bool = False
+              ) -> tuple[dict[str, dict[int, Any]], dict[int, Any]]:
+    """Prepare every seed of `args` and call run_seed(run, s) -> ({arm: result}, info) on it;
+    returns the results by arm and seed ({arm: {seed: result}}) and the infos by seed."""
+    by_arm: dict[str, dict[int, Any]] = {}
+    info: dict[int, Any] = {}
+    for seed in args.seeds:
+        results, info[seed] = run_seed(prepare(Path(args.output), seed, s, shared_runs=shared_runs), s)
+        for arm, result in results.items():
+            by_arm.setdefault(arm, {})[seed] = result
+    return by_arm, info
+
+
 # ---------------------------------------------------------------- subsets of a JSONL file
 
 
@@ -254,6 +267,19 @@ ANSWER_METRICS: dict[str, tuple[str, Any]] = {
     "atomic_precision": ("% atomic precision", lambda s: s.get("atomic_fact_precision")),
     "probe": ("% probe", lambda s: None if s.get("probe_accuracy") is None else 100 * s["probe_accuracy"]),
 }
+
+
+def metric_values(summaries: dict[str, dict[int, dict[str, Any]]], metrics: dict[str, tuple[str, Any]]
+                  ) -> dict[str, dict[int, dict[str, float | None]]]:
+    """{arm: {seed: summary.json}} -> {arm: {seed: {metric: value}}}, read by each metric's getter."""
+    return {arm: {seed: {m: get(summary) for m, (_, get) in metrics.items()} for seed, summary in by_seed.items()}
+            for arm, by_seed in summaries.items()}
+
+
+def means(values: dict[str, dict[int, dict[str, float | None]]], arms: list[str], metrics: Any, seeds: list[int]
+          ) -> dict[str, dict[str, tuple[float, float] | None]]:
+    """{arm: {metric: (mean, sd) over seeds}}."""
+    return {arm: {m: mean_sd([values[arm][seed][m] for seed in seeds]) for m in metrics} for arm in arms}
 
 
 def t_interval(diffs: list[float]) -> dict[str, float | None]:
@@ -327,25 +353,18 @@ def table_columns(rows: list[Row]) -> list[tuple[str, Any]]:
     return COLUMNS + (FACT_COLUMNS if has_facts else [])
 
 
-def write_table(tables: Path, name: str, title: str, rows: list[Row], *, seeds: list[int], settings: Settings,
-                command: str, started: float, notes: list[str] = (), extra_columns: list[tuple[str, Any]] = ()) -> str:
-    """<name>.md and <name>.json under tables/; returns the Markdown."""
+def row_table(title: str, rows: list[Row], *, seeds: list[int], settings: Settings, started: float,
+              notes: list[str] = (), extra_columns: list[tuple[str, Any]] = ()) -> tuple[list[str], dict[str, Any]]:
+    """A table of mean ± sd rows: its Markdown lines and its data (save both with save_results)."""
     columns = table_columns(rows) + list(extra_columns)
     label_keys = list(rows[0].labels) if rows else []
     elapsed = time.time() - started
-    md = [f"### {title}", "",
-          f"Command: `{command}`", "",
-          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
-          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if settings.quick else ''}.",
-          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps).", "",
-          "| " + " | ".join(label_keys + [c for c, _ in columns]) + " |",
-          "|" + "---|" * len(label_keys) + "---:|" * len(columns)]
-    for row in rows:
-        stats = row.columns(columns)
-        md.append("| " + " | ".join([str(v) for v in row.labels.values()] + [fmt(stats[c]) for c, _ in columns])
-                  + " |")
-    md += [""] + [f"{n}" for n in notes]
-    text = "\n".join(md).rstrip() + "\n"
+    command = command_line()
+    md = header(title, command, seeds, settings, elapsed) + [""] + markdown_table(
+        label_keys + [c for c, _ in columns],
+        [[str(v) for v in row.labels.values()] + [fmt(st) for st in row.columns(columns).values()] for row in rows],
+        labels=len(label_keys))
+    md += [""] + list(notes)
     data = {"title": title, "command": command, "seeds": seeds, "settings": asdict(settings),
             "elapsed_s": round(elapsed, 1), "columns": [c for c, _ in columns], "notes": list(notes),
             "rows": [{**row.labels,
@@ -353,9 +372,37 @@ def write_table(tables: Path, name: str, title: str, rows: list[Row], *, seeds: 
                          for c, st in row.columns(columns).items()},
                       "per_seed": [{c: get(s) for c, get in columns} for s in row.summaries]}
                      for row in rows]}
-    save_results(tables, name, text, data)
-    print(text)
-    return text
+    return md, data
+
+
+QUICK_NOTE = " - QUICK MODE: a smoke run, too small for conclusions"
+PAIRED_NOTE = ("{what} over seeds: mean [95% t-interval]; \"not detected (underpowered)\" where the interval "
+               "includes 0 or one seed gives none.")
+
+
+def header(title: str, command: str, seeds: list[int], s: Settings, elapsed: float, details: str = "") -> list[str]:
+    """A study table's opening lines: title, command, seeds, world and time, then `details`."""
+    world = ("" if (s.kinds, s.questions_per_topic) == (1, 1)
+             else f"World: --kinds {s.kinds} --questions-per-topic {s.questions_per_topic}. ")
+    return [f"### {title}", "", f"Command: `{command}`", "",
+            f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
+            f"policy and pairs){QUICK_NOTE if s.quick else ''}.",
+            f"{world}This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps)."
+            + (f" {details}" if details else "")]
+
+
+def markdown_table(head: list[str], rows: list[list[str]], labels: int = 1) -> list[str]:
+    """A Markdown table whose first `labels` columns are left-aligned labels and the rest numbers."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * labels + "---:|" * (len(head) - labels)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def paired_table(first: str, paired: dict[str, dict[str, dict[str, float | None] | None]],
+                 metrics: dict[str, str], what: str = "Paired differences") -> list[str]:
+    """PAIRED_NOTE and a table of paired differences, one row per label, one column per metric
+    (metrics: {metric: title}), each with its interval and "not detected (underpowered)"."""
+    return ["", PAIRED_NOTE.format(what=what), ""] + markdown_table(
+        [first, *metrics.values()], [[label] + [fmt_paired(stats[m]) for m in metrics] for label, stats in paired.items()])
 
 
 def mean_sd_record(means: dict[str, dict[str, tuple[float, float] | None]]) -> dict[str, dict[str, Any]]:
@@ -364,8 +411,10 @@ def mean_sd_record(means: dict[str, dict[str, tuple[float, float] | None]]) -> d
             for row, cols in means.items()}
 
 
-def save_results(tables: Path, name: str, text: str, data: dict[str, Any]) -> None:
-    """A study's table (NAME.md) and its data (NAME.json) under tables/."""
+def save_results(tables: Path, name: str, md: list[str], data: dict[str, Any]) -> None:
+    """A study's table (NAME.md, also printed) and its data (NAME.json) under tables/."""
+    text = "\n".join(md).rstrip() + "\n"
+    print(text)
     tables.mkdir(parents=True, exist_ok=True)
     (tables / f"{name}.md").write_text(text, encoding="utf-8")
     (tables / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

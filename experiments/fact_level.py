@@ -144,28 +144,22 @@ def run_seed(run: common.SeedRun, settings: common.Settings) -> tuple[dict[str, 
 
 def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
                   info: dict[int, dict[str, Any]], settings: common.Settings, started: float) -> dict[str, Any]:
-    means = {arm: {m: common.mean_sd([values[arm][s][m] for s in seeds]) for m in METRICS} for arm in ARM_NAMES}
+    means = common.means(values, ARM_NAMES, METRICS, seeds)
     diffs = {against: {arm: {m: common.paired(values, arm, against, m, seeds) for m in METRICS}
                        for arm in ARM_NAMES if arm != against} for against in ("base", REFERENCE)}
     verdicts = {arm: verdict(values, arm, seeds) for arm in ARMS}
     elapsed = time.time() - started
     command = common.command_line()
-    titles = [title for title, _ in METRICS.values()]
+    titles = {m: title for m, (title, _) in METRICS.items()}
     spans = ", ".join(f"{info[s]['sentences_with_spans']}/{info[s]['sentences']}" for s in seeds)
-    md = ["### Fact-level alignment: knows more, or says less?", "", f"Command: `{command}`", "",
-          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
-          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if settings.quick else ''}.",
-          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps). Training pairs per seed "
-          f"(the questions all four pairings pair): {', '.join(str(info[s]['pairs']) for s in seeds)}; annotated "
-          f"sentences with fact spans: {spans}.",
-          "", "| arm | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    for arm in ARM_NAMES:
-        md.append(f"| {arm} | " + " | ".join(common.fmt(means[arm][m]) for m in METRICS) + " |")
+    md = common.header("Fact-level alignment: knows more, or says less?", command, seeds, settings, elapsed,
+                       "Training pairs per seed (the questions all four pairings pair): "
+                       f"{', '.join(str(info[s]['pairs']) for s in seeds)}; annotated sentences with fact spans: "
+                       f"{spans}.")
+    md += [""] + common.markdown_table(["arm", *titles.values()],
+                                       [[arm] + [common.fmt(means[arm][m]) for m in METRICS] for arm in ARM_NAMES])
     for against, label in (("base", "base"), (REFERENCE, "Mask-DPO (paper)")):
-        md += ["", f"Paired differences against {label}: mean [95% t-interval over seeds]", "",
-               "| arm | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-        for arm, stats in diffs[against].items():
-            md.append(f"| {arm} | " + " | ".join(common.fmt_interval(stats[m]) for m in METRICS) + " |")
+        md += common.paired_table("arm", diffs[against], titles, what=f"Paired differences against {label}")
     md += ["", "Knows more rather than says less (against base: incorrect facts / answer -15% or more, correct "
                "facts / answer at least 0.98 of base, filler / answer +0.2 or less, each on every seed; and the "
                "probe's paired interval above 0):", "",
@@ -176,20 +170,18 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
         md.append(f"| {arm} | {seeds_ok('incorrect_fall_15pct')} | {seeds_ok('correct_kept_98pct')} | "
                   f"{seeds_ok('filler_rise_le_0.2')} | {'yes' if v['probe_rises'] else 'no'} | "
                   f"{'KNOWS MORE' if v['knows_more'] else 'no'} |")
-    text = "\n".join(md) + "\n"
     data = {"title": "fact-level alignment", "command": command, "seeds": seeds, "settings": asdict(settings),
             "elapsed_s": round(elapsed, 1), "arms": {arm: {"pairing": ARMS[arm][0], "masked": ARMS[arm][1]}
                                                      for arm in ARMS},
             "pairings": {k: {"unit": u, "nofact": n} for k, (u, n) in PAIRINGS.items()},
-            "metrics": {m: title for m, (title, _) in METRICS.items()},
+            "metrics": titles,
             "per_seed": {arm: {str(s): values[arm][s] for s in seeds} for arm in ARM_NAMES},
             "seed_info": {str(s): info[s] for s in seeds},
             "mean_sd": common.mean_sd_record(means),
             "paired": diffs, "verdict": verdicts,
             "bar": {"incorrect_drop": INCORRECT_DROP, "correct_keep": CORRECT_KEEP, "filler_rise": FILLER_RISE}}
-    common.save_results(tables, "fact_level", text, data)
+    common.save_results(tables, "fact_level", md, data)
     plot(diffs["base"], tables / "fact_level.png")
-    print(text)
     return data
 
 
@@ -208,15 +200,8 @@ def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments", seeds=SEEDS)
     settings = common.Settings.from_args(args)
     started = time.time()
-    root, tables = Path(args.output), Path(args.tables)
-    values: dict[str, dict[int, dict[str, float | None]]] = {arm: {} for arm in ARM_NAMES}
-    info = {}
-    for seed in args.seeds:
-        run = common.prepare(root, seed, settings, shared_runs=False)
-        summaries, info[seed] = run_seed(run, settings)
-        for arm in ARM_NAMES:
-            values[arm][seed] = {m: get(summaries[arm]) for m, (_, get) in METRICS.items()}
-    write_outputs(tables, values, args.seeds, info, settings, started)
+    summaries, info = common.run_seeds(args, settings, run_seed)
+    write_outputs(Path(args.tables), common.metric_values(summaries, METRICS), args.seeds, info, settings, started)
 
 
 if __name__ == "__main__":

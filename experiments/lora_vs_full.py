@@ -65,9 +65,8 @@ def sweep(root: Path, seed: int, s: common.Settings, lrs: list[float]) -> dict[s
     return {"seed": seed, **figures, "best_lr": best}
 
 
-def run_seed(root: Path, seed: int, s: common.Settings, lr: float) -> dict[str, dict[str, float | None]]:
-    """Base, full and LoRA Mask-DPO on one study seed: every metric and cost, by arm."""
-    run = common.prepare(root, seed, s, shared_runs=False)
+def run_seed(run: common.SeedRun, s: common.Settings, lr: float) -> tuple[dict[str, dict[str, float | None]], None]:
+    """Base, full and LoRA Mask-DPO on one study seed: (every metric and cost by arm, no seed facts)."""
     d = run.dir / "lora_study"
     full = common.train(run, run.pairs, d / "full", s)
     lora = common.train(run, run.pairs, d / f"lora-lr{lr:g}", s, lr=lr, extra=lora_flags())
@@ -76,47 +75,39 @@ def run_seed(root: Path, seed: int, s: common.Settings, lr: float) -> dict[str, 
     values["base"].update({c: None for c in COST})
     values["full"].update(measured(full.parent))
     values["lora"].update(measured(lora.parent))
-    return values
+    return values, None
 
 
 def write_outputs(tables: Path, swept: dict[str, Any], values: dict[str, dict[int, dict[str, float | None]]],
                   seeds: list[int], s: common.Settings, started: float) -> None:
     columns = {**{m: title for m, (title, _) in METRICS.items()}, **COST}
-    means = {arm: {c: common.mean_sd([values[arm][seed][c] for seed in seeds]) for c in columns} for arm in ARMS}
-    diffs = {(arm, against): {c: common.paired(values, arm, against, c, seeds) for c in columns}
+    means = common.means(values, ARMS, columns, seeds)
+    diffs = {f"{arm} - {against}": {c: common.paired(values, arm, against, c, seeds) for c in columns}
              for arm, against in (("lora", "full"), ("lora", "base"), ("full", "base"))}
     elapsed = time.time() - started
     command = common.command_line()
     lr = swept["best_lr"]
-    md = ["### Full Mask-DPO against LoRA Mask-DPO", "", f"Command: `{command}`", "",
-          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
-          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if s.quick else ''}.",
-          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps). Full: lr {s.lr:g}. "
-          f"LoRA: rank {RANK}, alpha {2 * RANK}, dropout 0.05, every linear layer, lr {lr:g}.", "",
-          f"LoRA's learning rate, swept on world seed {swept['seed']} (its test topics; the highest fact "
+    md = common.header("Full Mask-DPO against LoRA Mask-DPO", command, seeds, s, elapsed,
+                       f"Full: lr {s.lr:g}. LoRA: rank {RANK}, alpha {2 * RANK}, dropout 0.05, every linear layer, "
+                       f"lr {lr:g}.")
+    md += ["", f"LoRA's learning rate, swept on world seed {swept['seed']} (its test topics; the highest fact "
           f"precision wins), beside full Mask-DPO at lr {s.lr:g}:", "",
           "| | " + " | ".join(f"LoRA lr {k.removeprefix('lora-lr')}" if k != "full" else f"full, lr {s.lr:g}"
                               for k in swept["score"]) + " |",
           "|---|" + "---:|" * len(swept["score"])]
     md += [f"| {SWEEP_METRICS[m][0]} | " + " | ".join(common.fmt_value(v) for v in swept[m].values()) + " |"
            for m in SWEEP_METRICS]
-    md += ["", f"Chosen: lr {lr:g}.", "",
-           "| arm | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
-    for arm in ARMS:
-        md.append(f"| {arm} | " + " | ".join(common.fmt(means[arm][c]) for c in columns) + " |")
-    md += ["", "Paired differences: mean [95% t-interval over seeds]", "",
-           "| difference | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
-    for (arm, against), stats in diffs.items():
-        md.append(f"| {arm} - {against} | " + " | ".join(common.fmt_interval(stats[c]) for c in columns) + " |")
-    text = "\n".join(md) + "\n"
+    md += ["", f"Chosen: lr {lr:g}.", ""]
+    md += common.markdown_table(["arm", *columns.values()],
+                                [[arm] + [common.fmt(means[arm][c]) for c in columns] for arm in ARMS])
+    md += common.paired_table("difference", diffs, columns)
     data = {"title": "full vs LoRA Mask-DPO", "command": command, "seeds": seeds, "settings": asdict(s),
             "elapsed_s": round(elapsed, 1), "lora": {"rank": RANK, "alpha": 2 * RANK, "dropout": 0.05, "lr": lr},
             "sweep": swept, "columns": columns,
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in ARMS},
             "mean_sd": common.mean_sd_record(means),
-            "paired": {f"{a} - {b}": st for (a, b), st in diffs.items()}}
-    common.save_results(tables, "lora_vs_full", text, data)
-    print(text)
+            "paired": diffs}
+    common.save_results(tables, "lora_vs_full", md, data)
 
 
 def main() -> None:
@@ -131,10 +122,7 @@ def main() -> None:
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
     swept = sweep(root, args.sweep_seed, settings, args.sweep_lrs or SWEEP_LRS[args.quick])
-    values: dict[str, dict[int, dict[str, float | None]]] = {arm: {} for arm in ARMS}
-    for seed in args.seeds:
-        for arm, figures in run_seed(root, seed, settings, swept["best_lr"]).items():
-            values[arm][seed] = figures
+    values, _ = common.run_seeds(args, settings, lambda run, s: run_seed(run, s, swept["best_lr"]))
     write_outputs(tables, swept, values, args.seeds, settings, started)
 
 

@@ -150,41 +150,31 @@ def run_seed(run: common.SeedRun, s: common.Settings) -> tuple[dict[str, dict], 
 
 def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
                   info: dict[int, dict[str, Any]], s: common.Settings, started: float) -> None:
-    means = {arm: {m: common.mean_sd([values[arm][seed][m] for seed in seeds]) for m in METRICS} for arm in ALL_ARMS}
+    means = common.means(values, ALL_ARMS, METRICS, seeds)
     diffs = {f"{a} - {b}": {m: common.paired(values, a, b, m, seeds) for m in METRICS} for a, b in DIFFERENCES}
     elapsed = time.time() - started
     command = common.command_line()
-    titles = [title for title, _ in METRICS.values()]
+    titles = {m: title for m, (title, _) in METRICS.items()}
     per_seed = lambda key: ", ".join(str(info[seed][key]) for seed in seeds)  # noqa: E731
-    md = ["### Table 3: sampling strategy (Mask-DPO)", "", f"Command: `{command}`", "",
-          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
-          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if s.quick else ''}.",
-          f"This invocation took {elapsed / 60:.1f} min (a rerun skips finished steps). Training pairs per seed, "
-          f"the same question ids in every arm: {per_seed('pairs')}. Questions dropped from +Doc because the "
-          f"response with the document scored below the one without: {per_seed('doc_side_lost')}.", "",
-          "| arm | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    for arm in ALL_ARMS:
-        md.append(f"| {arm} | " + " | ".join(common.fmt(means[arm][m]) for m in METRICS) + " |")
-    md += ["", "Paired differences over seeds: mean [95% t-interval]; \"not detected (underpowered)\" where the "
-               "interval includes 0 or one seed gives none.", "",
-           "| difference | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    for label, stats in diffs.items():
-        md.append(f"| {label} | " + " | ".join(common.fmt_paired(stats[m]) for m in METRICS) + " |")
+    md = common.header("Table 3: sampling strategy (Mask-DPO)", command, seeds, s, elapsed,
+                       f"Training pairs per seed, the same question ids in every arm: {per_seed('pairs')}. Questions "
+                       "dropped from +Doc because the response with the document scored below the one without: "
+                       f"{per_seed('doc_side_lost')}.")
+    md += [""] + common.markdown_table(["arm", *titles.values()],
+                                       [[arm] + [common.fmt(means[arm][m]) for m in METRICS] for arm in ALL_ARMS])
+    md += common.paired_table("difference", diffs, titles)
     md += ["", "Paper (Table 3): on-policy samples (the default) beat samples from another model, and beat +Doc "
                "(chosen side sampled with the topic's reference document in the prompt, rejected side without).",
            f"Other policy: pretrained on the same world with seed S + {OTHER_SEED}. +Doc: the document, a blank line, "
            "then the question as the sampling prompt; trained on the bare question."]
-    text = "\n".join(md) + "\n"
     data = {"title": "Table 3: sampling strategy", "command": command, "seeds": seeds, "settings": asdict(s),
-            "elapsed_s": round(elapsed, 1), "other_policy_seed_offset": OTHER_SEED,
-            "metrics": {m: title for m, (title, _) in METRICS.items()},
+            "elapsed_s": round(elapsed, 1), "other_policy_seed_offset": OTHER_SEED, "metrics": titles,
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in ALL_ARMS},
             "seed_info": {str(seed): info[seed] for seed in seeds},
             "mean_sd": common.mean_sd_record(means),
             "paired": diffs}
-    common.save_results(tables, "table3", text, data)
+    common.save_results(tables, "table3", md, data)
     plot(means, diffs, tables / "table3.png")
-    print(text)
 
 
 def plot(means: dict[str, dict[str, tuple[float, float] | None]], diffs: dict[str, dict[str, Any]],
@@ -211,15 +201,8 @@ def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments", seeds=SEEDS, kinds=3, questions_per_topic=3)
     settings = common.Settings.from_args(args)
     started = time.time()
-    root, tables = Path(args.output), Path(args.tables)
-    values: dict[str, dict[int, dict[str, float | None]]] = {arm: {} for arm in ALL_ARMS}
-    info = {}
-    for seed in args.seeds:
-        run = common.prepare(root, seed, settings, shared_runs=False)
-        summaries, info[seed] = run_seed(run, settings)
-        for arm in ALL_ARMS:
-            values[arm][seed] = {m: get(summaries[arm]) for m, (_, get) in METRICS.items()}
-    write_outputs(tables, values, args.seeds, info, settings, started)
+    summaries, info = common.run_seeds(args, settings, run_seed)
+    write_outputs(Path(args.tables), common.metric_values(summaries, METRICS), args.seeds, info, settings, started)
 
 
 if __name__ == "__main__":

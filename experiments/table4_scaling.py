@@ -41,7 +41,6 @@ table4.json (per-seed values and the intervals too) and table4.png under --table
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -177,7 +176,7 @@ def paper_notes() -> list[str]:
             "axes end in the same run (all pairs). Scored on held-out test topics."]
 
 
-def write_outputs(tables: Path, summaries: dict[int, dict[str, dict]], info: dict[int, dict[str, dict]],
+def write_outputs(tables: Path, summaries: dict[str, dict[int, dict]], info: dict[int, dict[str, dict]],
                   seeds: list[int], s: common.Settings, fractions: tuple[tuple[int, int], ...],
                   started: float) -> None:
     arms = ["base", *arm_names(fractions)]
@@ -193,31 +192,20 @@ def write_outputs(tables: Path, summaries: dict[int, dict[str, dict]], info: dic
                                 "topics": f"{mean('topics'):.1f}" if trained else "-",
                                 "entities": f"{mean('entities'):.1f}" if trained else "-",
                                 "pairs / entity": f"{mean('pairs_per_entity'):.2f}" if trained else "-"},
-                               [summaries[seed][name] for seed in seeds]))
-    common.write_table(tables, "table4", "Table 4: scaling topics vs questions per topic (Mask-DPO)", rows,
-                       seeds=seeds, settings=s, command=common.command_line(), started=started, notes=paper_notes())
-    values = {name: {seed: {m: get(summaries[seed][name]) for m, (_, get) in METRICS.items()} for seed in seeds}
-              for name in arms}
+                               [summaries[name][seed] for seed in seeds]))
+    md, data = common.row_table("Table 4: scaling topics vs questions per topic (Mask-DPO)", rows, seeds=seeds,
+                                settings=s, started=started, notes=paper_notes())
+    values = common.metric_values(summaries, METRICS)
     paired = {label: {m: common.paired(values, a, against, m, seeds) for m in METRICS}
               for label, (a, against) in comparisons(fractions).items()}
-    titles = [title for title, _ in METRICS.values()]
-    md = ["", "Paired differences over seeds: mean [95% t-interval]; \"not detected (underpowered)\" where the "
-              "interval includes 0 or one seed gives none.", "",
-          "| comparison | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
-    for label, stats in paired.items():
-        md.append(f"| {label} | " + " | ".join(common.fmt_paired(stats[m]) for m in METRICS) + " |")
-    extra = "\n".join(md) + "\n"
-    with (tables / "table4.md").open("a", encoding="utf-8") as f:
-        f.write(extra)
-    print(extra)
-    data = json.loads((tables / "table4.json").read_text(encoding="utf-8"))
+    md += common.paired_table("comparison", paired, {m: title for m, (title, _) in METRICS.items()})
     data.update({"paper": {axis: dict(zip(("1/3", "2/3", "full"), v)) for axis, v in PAPER.items()},
                  "metrics": {m: title for m, (title, _) in METRICS.items()},
                  "per_seed": {name: {str(seed): values[name][seed] for seed in seeds} for name in arms},
                  "sizes": {str(seed): info[seed] for seed in seeds},
                  "paired": {label: {"arm": a, "against": against, **{m: paired[label][m] for m in METRICS}}
                             for label, (a, against) in comparisons(fractions).items()}})
-    (tables / "table4.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    common.save_results(tables, "table4", md, data)
     plot(values, paired, fractions, seeds, tables / "table4.png")
 
 
@@ -252,12 +240,8 @@ def main() -> None:
     settings = common.Settings.from_args(args)
     fractions = FRACTIONS[args.quick]
     started = time.time()
-    root, tables = Path(args.output), Path(args.tables)
-    summaries, info = {}, {}
-    for seed in args.seeds:
-        run = common.prepare(root, seed, settings)
-        summaries[seed], info[seed] = run_seed(run, settings, fractions)
-    write_outputs(tables, summaries, info, args.seeds, settings, fractions, started)
+    summaries, info = common.run_seeds(args, settings, lambda run, s: run_seed(run, s, fractions), shared_runs=True)
+    write_outputs(Path(args.tables), summaries, info, args.seeds, settings, fractions, started)
 
 
 if __name__ == "__main__":

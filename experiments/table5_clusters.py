@@ -52,7 +52,6 @@ EMBEDDERS = {"policy-seen": "the policy over the topic's documents (--topic-text
              "minilm": "MiniLM over the topic's name (--embedder all-minilm-l6-v2)"}
 SPLITS = ("near", "far", "random")
 DIFFERENCES = (("near", "far"), ("near", "random"), ("far", "random"))
-UNDERPOWERED = "not detected (underpowered)"
 
 # metric -> (column title, how to read it from summary.json); "truly_near" and "pairs" come from the splits
 METRICS: dict[str, tuple[str, Any]] = {
@@ -139,7 +138,7 @@ def run_seed(run: common.SeedRun, s: common.Settings) -> tuple[dict[str, dict[st
 def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | None]]], seeds: list[int],
                   info: dict[int, dict[str, Any]], s: common.Settings, started: float) -> dict[str, Any]:
     arms = ["base"] + [f"{e} {split}" for e in EMBEDDERS for split in SPLITS]
-    means = {arm: {c: common.mean_sd([values[arm][seed][c] for seed in seeds]) for c in COLUMNS} for arm in arms}
+    means = common.means(values, arms, COLUMNS, seeds)
     paired = {e: {f"{a} - {b}": {m: common.paired(values, f"{e} {a}", f"{e} {b}", m, seeds) for m in COMPARED}
                   for a, b in DIFFERENCES} for e in EMBEDDERS}
     for by_difference in paired.values():
@@ -150,29 +149,21 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
     chance = common.mean_sd([info[seed]["chance"] for seed in seeds])
     elapsed = time.time() - started
     command = common.command_line()
-    md = ["### Table 5: training topics near vs far from the test topics (Mask-DPO)", "", f"Command: `{command}`", "",
-          f"Seeds: {', '.join(map(str, seeds))} (mean ± sd over {len(seeds)} seeds; each seed its own world, "
-          f"policy and pairs){' - QUICK MODE: a smoke run, too small for conclusions' if s.quick else ''}.",
-          f"World: --kinds {s.kinds} --questions-per-topic {s.questions_per_topic}. This invocation took "
-          f"{elapsed / 60:.1f} min (a rerun skips finished steps). Training pairs per seed (all): "
-          f"{', '.join(str(info[seed]['pairs']) for seed in seeds)}; near, far and random hold the same number "
-          f"(`cluster --equal-sizes`).", "",
-          "Embedders: " + "; ".join(f"{e}: {what}" for e, what in EMBEDDERS.items()) + ".", "",
+    md = common.header("Table 5: training topics near vs far from the test topics (Mask-DPO)", command, seeds, s,
+                       elapsed, f"Training pairs per seed (all): {', '.join(str(info[seed]['pairs']) for seed in seeds)}"
+                       "; near, far and random hold the same number (`cluster --equal-sizes`).")
+    md += ["", "Embedders: " + "; ".join(f"{e}: {what}" for e, what in EMBEDDERS.items()) + ".", "",
           f"Truly near: the share of a split's training topics that are truly near (world affinity >= {NEAR}: "
           f"the same kind in the same region) the test topic they were clustered with. Chance (random "
-          f"clusters): {common.fmt(chance)}.", "",
-          "| embedder | split | " + " | ".join(COLUMNS.values()) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
-    for arm in arms:
-        embedder, split = arm.split(" ") if " " in arm else ("-", "base (no training)")
-        md.append(f"| {embedder} | {split} | " + " | ".join(common.fmt(means[arm][c]) for c in COLUMNS) + " |")
-    md += ["", f"Paired differences: mean [95% t-interval over seeds]; \"{UNDERPOWERED}\" where the interval "
-               "includes 0 (or there is none)", "",
-           "| embedder | difference | " + " | ".join(COLUMNS[m] for m in COMPARED) + " |",
-           "|---|---|" + "---:|" * len(COMPARED)]
-    for e, by_difference in paired.items():
-        for difference, stats in by_difference.items():
-            md.append(f"| {e} | {difference} | " + " | ".join(common.fmt_paired(stats[m]) for m in COMPARED) + " |")
-    text = "\n".join(md) + "\n"
+          f"clusters): {common.fmt(chance)}.", ""]
+    md += common.markdown_table(
+        ["embedder", "split", *COLUMNS.values()],
+        [[*(arm.split(" ") if " " in arm else ("-", "base (no training)"))] + [common.fmt(means[arm][c]) for c in COLUMNS]
+         for arm in arms], labels=2)
+    md += ["", common.PAIRED_NOTE.format(what="Paired differences"), ""] + common.markdown_table(
+        ["embedder", "difference", *(COLUMNS[m] for m in COMPARED)],
+        [[e, difference] + [common.fmt_paired(stats[m]) for m in COMPARED]
+         for e, by_difference in paired.items() for difference, stats in by_difference.items()], labels=2)
     data = {"title": "Table 5: near vs far vs random training topics", "command": command, "seeds": seeds,
             "settings": asdict(s), "elapsed_s": round(elapsed, 1), "embedders": EMBEDDERS, "columns": COLUMNS,
             "per_seed": {arm: {str(seed): values[arm][seed] for seed in seeds} for arm in arms},
@@ -180,9 +171,8 @@ def write_outputs(tables: Path, values: dict[str, dict[int, dict[str, float | No
             "chance": None if chance is None else {"mean": chance[0], "sd": chance[1]},
             "mean_sd": common.mean_sd_record(means),
             "paired": paired}
-    common.save_results(tables, "table5", text, data)
+    common.save_results(tables, "table5", md, data)
     plot(means, chance, tables / "table5.png")
-    print(text)
     return data
 
 
@@ -212,15 +202,8 @@ def main() -> None:
     args = common.parse_args(__doc__, "runs/experiments", seeds=SEEDS, kinds=3, questions_per_topic=3)
     settings = common.Settings.from_args(args)
     started = time.time()
-    root, tables = Path(args.output), Path(args.tables)
-    values: dict[str, dict[int, dict[str, float | None]]] = {}
-    info = {}
-    for seed in args.seeds:
-        run = common.prepare(root, seed, settings, shared_runs=False)
-        by_arm, info[seed] = run_seed(run, settings)
-        for arm, figures in by_arm.items():
-            values.setdefault(arm, {})[seed] = figures
-    write_outputs(tables, values, args.seeds, info, settings, started)
+    values, info = common.run_seeds(args, settings, run_seed)
+    write_outputs(Path(args.tables), values, args.seeds, info, settings, started)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ def main() -> None:
                             for b, m in zip(results["base"], results["maskdpo"])]) for n in sizes]
     notes = ["Mask-DPO minus base, % score: "
              + ", ".join(f"N={n}: {common.fmt(g)}" for n, g in zip(sizes, gaps)) + "."]
-    common.write_table(tables, "table6", "Table 6: best-of-N, base vs Mask-DPO", rows, seeds=args.seeds,
-                       settings=settings, command=common.command_line(), started=started, notes=notes,
-                       extra_columns=best_of)
+    md, data = common.row_table("Table 6: best-of-N, base vs Mask-DPO", rows, seeds=args.seeds, settings=settings,
+                                started=started, notes=notes, extra_columns=best_of)
+    common.save_results(tables, "table6", md, data)
     plot(results, sizes, tables / "table6.png")
 
 

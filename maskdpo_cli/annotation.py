@@ -42,7 +42,7 @@ from maskdpo_cli.annotators.base import Verdict
 from maskdpo_cli.annotators.judging import JudgeConfig  # public here too: `annotate`'s own settings
 from maskdpo_cli.errors import JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import STDIO, display_name, resumable_output
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import progress_bar
 from maskdpo_cli.records import LABELS, Record, factuality_score, iter_records, sentence_counts
 from maskdpo_cli.segmentation import SEGMENTERS, Sentence, split_sentences

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from maskdpo_cli.errors import MaskDPOError
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 from maskdpo_cli.progress import keep_library_logs_off_stdout, stderr
 
 app = typer.Typer(

@@ -34,7 +34,7 @@ from maskdpo_cli.annotators.base import Verdict
 from maskdpo_cli.annotators.judges import Messages, make_judge
 from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import RecordWriter
-from maskdpo_cli.openai_client import DEFAULT_CONCURRENCY
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 from maskdpo_cli.records import LABELS
 from maskdpo_cli.segmentation import detect_language
 
