@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_jsonl
-from judge_server import JudgeServer, between, factscore_script, first_turn, split_reply
+from judge_server import JudgeServer, between, factscore_script, first_turn
 from maskdpo_cli.annotation import run_annotate
 from maskdpo_cli.annotators.judging import REASK_TEMPERATURE, JudgeConfig
 from maskdpo_cli.annotators.factscore import SplitFact, parse_facts, parse_verdict, place_quotes
