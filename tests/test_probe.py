@@ -11,7 +11,8 @@ import pytest
 
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.world import grammar, make_world, pretrain
-from maskdpo_cli.world.probe import first_sentence, is_correct, probe_items, probe_templates
+from maskdpo_cli.world.generator import kind_of
+from maskdpo_cli.world.probe import ProbeItem, first_sentence, is_correct, probe_items, probe_templates
 
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 
@@ -20,6 +21,13 @@ MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]
 def world_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("probe") / "world"
     make_world(5, str(out), quick=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kinds_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("probe-kinds") / "world"
+    make_world(5, str(out), quick=True, kinds=3, questions_per_entity=3)
     return out
 
 
@@ -65,6 +73,53 @@ def test_scoring_is_exact_on_the_value_and_stops_at_the_first_full_stop(world_di
             type(item)(item.entity, item.attribute, wrong, item.question, item.prefix))))
         assert not is_correct(item, first_sentence(item.prefix, " I hope this helps."))  # not a parse: wrong
         assert not is_correct(item, first_sentence(item.prefix, _true_continuation(item)[:-1]))  # truncated
+
+
+@pytest.mark.parametrize("kind", sorted(grammar.KINDS))
+def test_every_kind_has_a_probe_prefix_for_each_attribute_that_no_other_template_shares(kind):
+    prefixes = probe_templates(kind)
+    assert set(prefixes) == set(grammar.KINDS[kind].attributes)
+    for attribute, prefix in prefixes.items():
+        assert "{a}" not in prefix and not prefix.endswith(" ")
+        starting = [attrs for attrs, t in grammar.KINDS[kind].fact_templates if t.startswith(prefix + " ")]
+        assert starting and all(attrs == (attribute,) for attrs in starting), (kind, prefix)
+
+
+def test_a_kinds_world_probes_every_kind_with_its_own_attributes_and_question(kinds_dir):
+    world = json.loads((kinds_dir / "world.json").read_text())
+    test = {t["id"] for t in world["topics"] if t["split"] == "test"}
+    entities = [e for e in world["entities"] if e["topic_id"] in test]
+    expected = [(e["name"], a) for e in entities for a in grammar.KINDS[kind_of(e)].attributes if a in e["facts"]]
+    items = probe_items(kinds_dir)
+    assert [(i.entity, i.attribute) for i in items] == expected
+    assert {i.kind for i in items} == {kind_of(e) for e in entities}
+    every_kind = items + probe_items(kinds_dir, "train")
+    assert {i.kind for i in every_kind} == set(grammar.KINDS)
+    for item in every_kind:
+        assert item.question == grammar.KINDS[item.kind].questions[0].format(N=item.entity)
+        assert item.prefix.startswith(item.entity)
+        assert grammar.parse_question(item.question, (item.kind,)) == item.entity
+
+
+def _probe_sentence(item: ProbeItem, value: str) -> str:
+    """The whole probe sentence of an item, stating `value`: the template its prefix comes from."""
+    prefix = probe_templates(item.kind)[item.attribute]
+    template = next(t for attrs, t in grammar.KINDS[item.kind].fact_templates
+                    if attrs == (item.attribute,) and t.startswith(prefix))
+    return grammar.render(template, item.entity, "n", {item.attribute: value})
+
+
+def test_every_kinds_probe_is_scored_exactly_on_the_value(kinds_dir):
+    items = probe_items(kinds_dir) + probe_items(kinds_dir, "train")
+    for item in items:
+        right = _probe_sentence(item, item.value)
+        assert right.startswith(item.prefix)
+        assert is_correct(item, first_sentence(item.prefix, right[len(item.prefix):] + " It has a long history."))
+        wrong = next(i.value for i in items if i.attribute == item.attribute and i.value != item.value)
+        assert not is_correct(item, first_sentence(item.prefix, _probe_sentence(item, wrong)[len(item.prefix):]))
+        assert not is_correct(item, first_sentence(item.prefix, right[len(item.prefix):-1]))  # truncated
+        other = next(i for i in items if i.entity != item.entity and i.attribute == item.attribute)
+        assert not is_correct(item, _probe_sentence(other, item.value))  # the value, said of another entity
 
 
 def _eval(world_dir: Path, policy: Path, out: Path, probe: str) -> subprocess.CompletedProcess:

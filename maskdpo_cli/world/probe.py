@@ -1,19 +1,20 @@
 """The world's knowledge probe: what a policy knows, whatever style it learned.
 
 `maskdpo eval --probe world:DIR` asks, for every entity of the world's test topics and
-every attribute the world knows for it, the world's first question form ("Tell me about
-Mara Quell.") and prefills the answer with the attribute's sentence up to its value
-("Mara Quell comes from"). The model continues greedily; the prefix plus the continuation
-up to the first full stop is parsed by the world's grammar, and the item is correct when
-it states exactly the entity's true value for that attribute. A policy that learned to
-answer with filler still has to complete the sentence: the probe reads its knowledge,
-not its style.
+every attribute the world knows for it, its kind's first open question ("Tell me about
+Mara Quell.", "Tell me about the ship Vela Storm.") and prefills the answer with the
+attribute's sentence up to its value ("Mara Quell comes from"). The model continues
+greedily; the prefix plus the continuation up to the first full stop is parsed by the
+grammar of the entity's kind, and the item is correct when it states exactly the entity's
+true value for that attribute. A policy that learned to answer with filler still has to
+complete the sentence: the probe reads its knowledge, not its style. Every kind of a world
+(people, ships, inns) is probed, each entity with its own kind's attributes.
 
-The probe sentence of an attribute is its first single-attribute template whose words
-before the value no other template shares: "{S} was born in" could go on with a place or
-a year, "{S} comes from" only with a place. The prefix stops before the first slot that
-depends on the value (the article before an occupation gives it away), and before the
-space in front of it, which the model writes itself as it did in its corpus.
+The probe sentence of an attribute is its kind's first single-attribute template whose
+words before the value no other template of the kind shares: "{S} was born in" could go on
+with a place or a year, "{S} comes from" only with a place. The prefix stops before the
+first slot that depends on the value (the article before an occupation gives it away), and
+before the space in front of it, which the model writes itself as it did in its corpus.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import write_json_atomic
 from maskdpo_cli.world import grammar
-from maskdpo_cli.world.generator import load_world
+from maskdpo_cli.world.generator import kind_of, load_world
 
 PROBE_FILE = "probe.json"
 MAX_NEW_TOKENS = 16  # the longest value ("the <adjective> <noun>.") is a few tokens
@@ -43,6 +44,7 @@ class ProbeItem:
     value: str     # the world's true value
     question: str  # the user turn
     prefix: str    # the prefilled start of the answer
+    kind: str = "person"  # the entity's kind, whose grammar scores the answer
 
 
 def _prefix_template(template: str) -> str:
@@ -52,21 +54,22 @@ def _prefix_template(template: str) -> str:
     return template[:cut].rstrip()
 
 
-@lru_cache(maxsize=1)
-def probe_templates() -> dict[str, str]:
-    """attribute -> the prefix template of its probe sentence (see the module docstring)."""
+@lru_cache(maxsize=None)
+def probe_templates(kind: str = "person") -> dict[str, str]:
+    """attribute -> the prefix template of its probe sentence, for one kind (module docstring)."""
+    templates = grammar.KINDS[kind].fact_templates
     out: dict[str, str] = {}
-    for attrs, template in grammar.FACT_TEMPLATES:
+    for attrs, template in templates:
         if len(attrs) != 1 or attrs[0] in out:
             continue
         prefix = _prefix_template(template)
         shared = any(other != template and other.startswith(prefix + " ") and other_attrs != attrs
-                     for other_attrs, other in grammar.FACT_TEMPLATES)
+                     for other_attrs, other in templates)
         if not shared:
             out[attrs[0]] = prefix
-    missing = set(grammar.ATTRIBUTES) - set(out)
+    missing = set(grammar.KINDS[kind].attributes) - set(out)
     if missing:  # a grammar change made an attribute unprobeable: say so rather than skip it
-        raise MaskDPOError(f"the world's grammar has no unambiguous probe sentence for {sorted(missing)}")
+        raise MaskDPOError(f"the world's grammar has no unambiguous probe sentence for {kind} {sorted(missing)}")
     return out
 
 
@@ -78,17 +81,18 @@ def probe_items(world_dir: str | Path, split: str = "test") -> list[ProbeItem]:
         raise MaskDPOError(f"probe split {split!r}: expected test or train")
     world = load_world(world_dir)
     topics = {t["id"] for t in world["topics"] if t.get("split") == split}
-    templates = probe_templates()
-    question = grammar.QUESTION_TEMPLATES[0]
     items = []
     for entity in world["entities"]:
         if entity["topic_id"] not in topics:
             continue
-        for attribute in grammar.ATTRIBUTES:
+        kind = grammar.KINDS[kind_of(entity)]
+        templates = probe_templates(kind.name)
+        question = kind.questions[0].format(N=entity["name"])
+        for attribute in kind.attributes:
             if attribute in entity["facts"]:
                 prefix = grammar.render(templates[attribute], entity["name"], entity["gender"], entity["facts"])
-                items.append(ProbeItem(entity["name"], attribute, entity["facts"][attribute],
-                                       question.format(N=entity["name"]), prefix))
+                items.append(ProbeItem(entity["name"], attribute, entity["facts"][attribute], question, prefix,
+                                       kind.name))
     return items
 
 
@@ -101,7 +105,7 @@ def first_sentence(prefix: str, continuation: str) -> str:
 
 def is_correct(item: ProbeItem, sentence: str) -> bool:
     """The completed sentence states the entity's true value for the probed attribute, exactly."""
-    facts = grammar.parse(sentence) or []
+    facts = grammar.parse(sentence, (item.kind,)) or []
     return any(f.attribute == item.attribute and f.value == item.value and f.name in (None, item.entity)
                for f in facts)
 
