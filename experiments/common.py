@@ -430,6 +430,14 @@ def bar_paired(ax: Any, labels: list[str], stats: list[dict[str, float | None] |
     ax.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=8)
 
 
+def bar_score_differences(ax: Any, paired: dict[str, dict[str, dict[str, float | None] | None]]) -> None:
+    """The panel of paired % score differences, one bar per label of `paired`."""
+    labels = list(paired)
+    bar_paired(ax, labels, [paired[label]["score"] for label in labels])
+    ax.set_ylabel("% score difference (95% t-interval)")
+    ax.set_title("paired differences over seeds")
+
+
 def figure(ncols: int = 1, width: float = 6.4, height: float = 4.0) -> tuple[Any, Any]:
     import matplotlib
 

@@ -189,11 +189,7 @@ def plot(means: dict[str, dict[str, tuple[float, float] | None]], diffs: dict[st
     ax.set_xticks(range(len(ALL_ARMS)), ALL_ARMS)
     ax.set_ylabel("factuality score on test topics (%)")
     ax.set_title("Table 3: sampling strategy")
-    ax = axes[0][1]
-    labels = list(diffs)
-    common.bar_paired(ax, labels, [diffs[label]["score"] for label in labels])
-    ax.set_ylabel("% score difference (95% t-interval)")
-    ax.set_title("paired differences over seeds")
+    common.bar_score_differences(axes[0][1], diffs)
     common.save_figure(fig, path)
 
 

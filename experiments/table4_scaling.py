@@ -227,11 +227,7 @@ def plot(values: dict[str, dict[int, dict]], paired: dict[str, dict], fractions:
     ax.set_ylabel("factuality score on test topics (%)")
     ax.set_title("Table 4: scaling topics vs questions per topic")
     ax.legend()
-    ax = axes[0][1]
-    labels = list(paired)
-    common.bar_paired(ax, labels, [paired[label]["score"] for label in labels])
-    ax.set_ylabel("% score difference (95% t-interval)")
-    ax.set_title("paired differences over seeds")
+    common.bar_score_differences(axes[0][1], paired)
     common.save_figure(fig, path)
 
 

@@ -246,7 +246,7 @@ def eval_(
     segmenter: str = SEGMENTER,
     probe: Optional[str] = typer.Option(None, "--probe", metavar="world:DIR",
                                         help="Also probe what each model knows of the world's test entities: "
-                                             "greedy completions of '<name> comes from', scored exactly "
+                                             "greedy completions of each attribute's sentence ('<name> comes from'), scored exactly "
                                              "(probe_accuracy in summary.json)."),
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""

@@ -44,7 +44,8 @@ sentences, and, when an annotator labels facts, `facts_correct` and `facts_incor
 `atomic_fact_precision` is 100 x facts_correct / (facts_correct + facts_incorrect), the
 facts pooled over answers (fact_score averages per answer instead). With --probe world:DIR
 the summary also has probe_accuracy, probe_count and probe_correct
-(maskdpo_cli.world.probe): greedy completions of "<name> comes from", scored exactly.
+(maskdpo_cli.world.probe): greedy completions of each attribute's sentence ("<name> comes
+from"), scored exactly.
 """
 
 from __future__ import annotations
