@@ -11,7 +11,7 @@ import pytest
 
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.world import grammar, make_world, pretrain
-from maskdpo_cli.world.generator import kind_of
+from maskdpo_cli.world.grammar import kind_of
 from maskdpo_cli.world.probe import ProbeItem, first_sentence, is_correct, probe_items, probe_templates
 
 MASKDPO = [sys.executable, "-m", "maskdpo_cli.cli"]

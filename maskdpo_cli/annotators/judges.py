@@ -1,5 +1,7 @@
 """Chat judges: the next reply of one conversation, from served endpoints or a local backend.
 
+`JudgeConfig` says how to reach one (the --judge-* options); `make_judge` builds it.
+
 A Judge is awaited once per conversation turn, by many coroutines at once (annotate keeps
 many questions and sentences in flight on one event loop):
 
@@ -13,19 +15,40 @@ many questions and sentences in flight on one event loop):
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 from maskdpo_cli.errors import JudgeError, MaskDPOError
 from maskdpo_cli.openai_client import OpenAIClient, message_content
-
-if TYPE_CHECKING:
-    from maskdpo_cli.annotators.judging import JudgeConfig
 
 Messages = list[dict[str, str]]
 
 DEFAULT_URL = "http://127.0.0.1:23333/v1"  # where `lmdeploy serve api_server` listens
 JUDGE_BACKENDS = ("openai", "transformers", "lmdeploy")
 MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """How to reach the chat judge (used by the anah-v2 and factscore annotators)."""
+
+    model: str | None = None          # None with openai: the first model the endpoint serves
+    backend: str = "openai"           # openai | transformers | lmdeploy
+    urls: tuple[str, ...] = ()        # (): http://127.0.0.1:23333/v1 (lmdeploy serve's default)
+    api_key: str | None = None
+    prompts_file: str | Path | None = None
+    max_retries: int = 5
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (batch size in-process)
+    timeout: float = 120.0            # seconds per request
+    backoff: float = 1.0              # first retry waits up to this long, doubling each time
+    cache_path: str | Path | None = None  # where judgments are appended; set from -o
+
+    @property
+    def capacity(self) -> int:
+        """Requests the judge can usefully have in flight at once."""
+        return max(1, self.concurrency) * max(1, len(self.urls))
 
 
 class Judge(Protocol):

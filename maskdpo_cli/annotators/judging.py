@@ -1,6 +1,7 @@
 """What the chat-judge annotators (anah-v2, factscore) share; each keeps only its protocol.
 
-- `JudgeConfig`: how to reach the judge (--judge-* options), and where judgments are kept.
+- `JudgeConfig` (defined with the judges): how to reach the judge (--judge-* options), and
+  where judgments are kept.
 - Prompts: `load_prompts` reads a --prompts file over an annotator's built-in templates and
   checks every placeholder; `render` fills them in.
 - `JudgmentCache`: judgments by key, appended to a file next to the output and looked up
@@ -31,10 +32,9 @@ from typing import Any, Callable, TypeVar
 
 from maskdpo_cli.annotators.anah_prompt_file import is_prompt_module, read_prompt_module
 from maskdpo_cli.annotators.base import Verdict
-from maskdpo_cli.annotators.judges import Messages, make_judge
+from maskdpo_cli.annotators.judges import JudgeConfig, Messages, make_judge  # JudgeConfig: public here too
 from maskdpo_cli.errors import InputError, JudgeError, MaskDPOError
 from maskdpo_cli.jsonl import RecordWriter
-from maskdpo_cli.backends.options import DEFAULT_CONCURRENCY
 from maskdpo_cli.records import LABELS
 from maskdpo_cli.segmentation import detect_language
 
@@ -44,27 +44,6 @@ Prompts = dict[str, dict[str, str]]  # language -> template key -> template
 # A deterministic judge repeats a malformed greedy reply: re-ask with some sampling.
 REASK_TEMPERATURE = 0.7
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_]\w*)\}")
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """How to reach the chat judge (used by the anah-v2 and factscore annotators)."""
-
-    model: str | None = None          # None with openai: the first model the endpoint serves
-    backend: str = "openai"           # openai | transformers | lmdeploy
-    urls: tuple[str, ...] = ()        # (): http://127.0.0.1:23333/v1 (lmdeploy serve's default)
-    api_key: str | None = None
-    prompts_file: str | Path | None = None
-    max_retries: int = 5
-    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (batch size in-process)
-    timeout: float = 120.0            # seconds per request
-    backoff: float = 1.0              # first retry waits up to this long, doubling each time
-    cache_path: str | Path | None = None  # where judgments are appended; set from -o
-
-    @property
-    def capacity(self) -> int:
-        """Requests the judge can usefully have in flight at once."""
-        return max(1, self.concurrency) * max(1, len(self.urls))
 
 
 # ----------------------------------------------------------------------------- prompts

@@ -55,7 +55,8 @@ from typing import Any
 from maskdpo_cli.annotators.base import Fact, Span, Verdict
 from maskdpo_cli.world import grammar
 from maskdpo_cli.world.affinity import near_values
-from maskdpo_cli.world.generator import load_world, world_kinds
+from maskdpo_cli.world.generator import load_world
+from maskdpo_cli.world.grammar import world_kinds
 
 _HAS_CONTENT = re.compile(r"[A-Za-z0-9]")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from maskdpo_cli.world.generator import kind_of
+from maskdpo_cli.world.grammar import kind_of
 
 NEAR = 2
 

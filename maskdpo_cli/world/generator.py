@@ -42,6 +42,7 @@ from typing import Any
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import atomic_output, output_dir
 from maskdpo_cli.world import grammar
+from maskdpo_cli.world.grammar import kind_of
 
 WORLD_VERSION = 1
 # 24 questions per topic: 288 training pairs and 96 test questions, enough that seeds agree
@@ -215,16 +216,6 @@ def _kind_entity(rng: random.Random, topic: dict[str, Any], used: set[str]) -> d
             del facts[attr]
     return {"name": f"{first} {surname}", "kind": kind.name, "gender": rng.choice(kind.genders),
             "topic": topic["name"], "topic_id": topic["id"], "facts": facts}
-
-
-def kind_of(item: dict[str, Any]) -> str:
-    """The kind of a topic or an entity; the default world's records name none: people."""
-    return item.get("kind", "person")
-
-
-def world_kinds(world: dict[str, Any]) -> tuple[str, ...]:
-    """The kinds of entity a world holds (its grammar): people only unless world.json says otherwise."""
-    return tuple(world.get("kinds", grammar.DEFAULT_KINDS))
 
 
 def render_biography(rng: random.Random, entity: dict[str, Any], keep: float = 0.85, max_fillers: int = 2) -> str:

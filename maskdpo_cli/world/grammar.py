@@ -28,6 +28,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 ATTRIBUTES = ("birthplace", "birth_year", "occupation", "known_for", "residence", "language")
 
@@ -197,6 +198,16 @@ KINDS: dict[str, Kind] = {k.name: k for k in (PERSON, SHIP, INN)}
 DEFAULT_KINDS = ("person",)
 # attribute -> the kind that has it (attribute names are unique across kinds)
 KIND_OF_ATTRIBUTE = {a: k.name for k in KINDS.values() for a in k.attributes}
+
+
+def kind_of(item: dict[str, Any]) -> str:
+    """The kind of a topic or an entity of world.json; the default world's records name none: people."""
+    return item.get("kind", "person")
+
+
+def world_kinds(world: dict[str, Any]) -> tuple[str, ...]:
+    """The kinds of entity a world.json holds (its grammar): people only unless it says otherwise."""
+    return tuple(world.get("kinds", DEFAULT_KINDS))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from typing import Any
 from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import write_json_atomic
 from maskdpo_cli.world import grammar
-from maskdpo_cli.world.generator import kind_of, load_world
+from maskdpo_cli.world.generator import load_world
+from maskdpo_cli.world.grammar import kind_of
 
 PROBE_FILE = "probe.json"
 MAX_NEW_TOKENS = 16  # the longest value ("the <adjective> <noun>.") is a few tokens

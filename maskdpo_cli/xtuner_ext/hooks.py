@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+
+from maskdpo_cli.jsonl import replace_dir
 
 METRICS = ("loss", "reward_acc", "reward_margin", "chosen_rewards", "rejected_rewards")
 
@@ -236,17 +237,6 @@ class HFExportHook(Hook):
 
         target = replace_dir(Path(runner.work_dir) / self.out_dir, write)
         stderr.print(f"exported the trained model to {target}", highlight=False)
-
-
-def replace_dir(target: Path, write: Any) -> Path:
-    """`write(staging)` fills a directory next to `target`, which is then renamed over it: a
-    reader sees the previous complete directory or the new one, never a half-written one."""
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    write(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
 
 
 def _export_tokenizer(runner: Any, llm: Any) -> Any:

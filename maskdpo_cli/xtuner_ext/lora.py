@@ -87,7 +87,7 @@ def export_lora(llm: Any, work: Path, merged_dir: str, tokenizer: Any) -> tuple[
     Each directory is written next to its target and renamed over it. After this, `llm` is
     spent: a LoRA run's model is merged in place (the end of training: no copy of the base).
     """
-    from maskdpo_cli.xtuner_ext.hooks import replace_dir
+    from maskdpo_cli.jsonl import replace_dir
 
     adapter = replace_dir(work / ADAPTER_DIR, lambda staging: llm.save_pretrained(staging, safe_serialization=True))
     if is_quantized(llm):
