@@ -112,6 +112,7 @@ class CheckedRun:
     deepspeed: dict[str, Any] | None  # the complete DeepSpeed config
     cuda: bool  # on CUDA GPUs (planned ones, for a dry run)
     pairs_sha256: str
+    run_record: dict[str, Any]  # what W/run.json holds, and what a resume compares
     resume_from: str | None
 
 
@@ -156,7 +157,7 @@ def check_run(config: TrainConfig, launch: Launch | None, *, dry_run: bool = Fal
                   **pairing_record(records)}
     resume_from = resume_point(work, run_record, config.resume)
     return CheckedRun(config=config, cfg=cfg, layout=layout, records=records, dataset=dataset, deepspeed=ds_config,
-                      cuda=cuda, pairs_sha256=pairs_sha256, resume_from=resume_from)
+                      cuda=cuda, pairs_sha256=pairs_sha256, run_record=run_record, resume_from=resume_from)
 
 
 def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
@@ -173,8 +174,7 @@ def prepare_run(config: TrainConfig, launch: Launch | None) -> PreparedRun:
     work.mkdir(parents=True, exist_ok=True)
     if checked.resume_from is None:
         clear_checkpoints(work)
-    write_json_atomic(work / "run.json", config.run_record(pairs_sha256=checked.pairs_sha256,
-                                                           micro_batch=layout.micro_batch))
+    write_json_atomic(work / "run.json", checked.run_record)
     with atomic_output(work / PAIRS_FILE) as writer:
         writer.write_all(record for _, record in records)
     # XTuner's dataset loads this instead of tokenizing the pairs again.

@@ -39,6 +39,18 @@ def safetensors_of(path: Path) -> dict:
     return load_file(str(path))
 
 
+def exported_weights(work: Path) -> dict:
+    """name -> tensor of the model a training run exported to WORK/hf."""
+    return safetensors_of(work / "hf" / "model.safetensors")
+
+
+def run_ok(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; it must succeed (the tail of its stderr says why not)."""
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return path

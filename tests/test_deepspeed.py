@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MASKDPO, REPO, alma_pairs, kill_after_lines, run_cli, safetensors_of, train_log, training_env
+from helpers import MASKDPO, alma_pairs, exported_weights, kill_after_lines, run_cli, run_ok, train_log, training_env
 from maskdpo_cli.deepspeed_setup import check_received, deepspeed_config
 from maskdpo_cli.errors import MaskDPOError
 
@@ -39,13 +39,7 @@ def train_args(pairs: Path, model: Path, work: Path, *extra: str) -> list[str]:
 
 
 def run(cmd: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def weights(work: Path) -> dict[str, torch.Tensor]:
-    return safetensors_of(work / "hf" / "model.safetensors")
+    return run_ok(cmd, ENV, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +70,7 @@ def test_zero_on_two_cpu_processes_trains_as_ddp_does(ddp, stage):
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [1, 2, 3, 4]
     for mine, theirs in zip(got, expected):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=2e-3), mine["step"]
-    a, b = weights(work), weights(ddp["work"])
+    a, b = exported_weights(work), exported_weights(ddp["work"])
     assert a.keys() == b.keys()
     for name in a:  # whole tensors, not ZeRO-3's empty placeholders or one rank's partition
         assert a[name].shape == b[name].shape, name
@@ -133,7 +127,7 @@ def test_zero3_survives_kill_9_and_resumes_from_its_sharded_checkpoint(tiny_llam
     got, expected = train_log(work), train_log(reference)
     for mine, theirs in zip(got, expected):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=2e-3), mine["step"]
-    a, b = weights(work), weights(reference)
+    a, b = exported_weights(work), exported_weights(reference)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4, msg=name)
 

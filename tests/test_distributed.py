@@ -21,7 +21,7 @@ import torch
 from maskdpo_cli.process_group import Launch, detect_launch, first_slurm_host, process_count
 from maskdpo_cli.errors import MaskDPOError
 
-from helpers import MASKDPO, REPO, alma_pairs, safetensors_of, train_log, training_env
+from helpers import MASKDPO, REPO, alma_pairs, exported_weights, run_ok, train_log, training_env
 
 # One thread per rank: the machine is small, and torchrun gives each rank one as well.
 ENV = training_env(threads=1)
@@ -32,14 +32,8 @@ def train_args(pairs: Path, model: Path, work: Path) -> list[str]:
             "--epochs", "1", "--lr", "1e-3", "--gpus", "0", "--seed", "5", "--work-dir", str(work)]
 
 
-def run(cmd: list[str], env: dict | None = None, timeout: int = 400) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=env or ENV, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def weights(work: Path) -> dict[str, torch.Tensor]:
-    return safetensors_of(work / "hf" / "model.safetensors")
+def run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    return run_ok(cmd, ENV, timeout)
 
 
 def assert_same_training(work: Path, reference: Path) -> None:
@@ -49,7 +43,7 @@ def assert_same_training(work: Path, reference: Path) -> None:
         for key in ("loss", "reward_acc", "reward_margin"):
             assert mine[key] == pytest.approx(theirs[key], abs=2e-3), (mine["step"], key)
     assert got[0]["loss"] == pytest.approx(0.693147, abs=1e-5)
-    a, b = weights(work), weights(reference)
+    a, b = exported_weights(work), exported_weights(reference)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

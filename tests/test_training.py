@@ -143,6 +143,25 @@ def test_train_cli_exports_a_model_and_resume_reuses_the_reference_cache(tiny_mo
     assert [r["step"] for r in log] == [1, 2, 3, 4]
 
 
+def test_a_run_of_pairs_that_say_how_they_were_built_resumes_its_own_checkpoint(tiny_model, tmp_path):
+    """W/run.json holds exactly what a resume compares, the pairing included: pairs from
+    `maskdpo pair` must not refuse their own checkpoint after an interruption."""
+    from maskdpo_cli.train_config import TrainConfig
+    from maskdpo_cli.training import check_run, prepare_run
+
+    pairing = {"unit": "sentence", "nofact": "correct"}
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{**make_pair(i), "pairing": pairing} for i in range(4)])
+    work = tmp_path / "W"
+    config = TrainConfig(pairs=str(pairs), work_dir=str(work), model=str(tiny_model), recipe=str(TINY_RECIPE),
+                         gpus=0, batch_size=2)
+    prepare_run(config, None)
+    assert json.loads((work / "run.json").read_text())["pairing"] == pairing
+    checkpoint = work / "iter_1.pth"  # what XTuner leaves behind when the run is killed after a step
+    checkpoint.write_bytes(b"")
+    (work / "last_checkpoint").write_text(str(checkpoint))
+    assert check_run(config, None).resume_from == str(checkpoint)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_a_sentence_not_in_its_content_exits_2_naming_the_pair(tiny_model, tmp_path):
