@@ -246,8 +246,8 @@ def eval_(
     segmenter: str = SEGMENTER,
     probe: Optional[str] = typer.Option(None, "--probe", metavar="world:DIR",
                                         help="Also probe what each model knows of the world's test entities: "
-                                             "greedy completions of each attribute's sentence ('<name> comes from'), scored exactly "
-                                             "(probe_accuracy in summary.json)."),
+                                             "greedy completions of each attribute's sentence ('<name> comes from'), "
+                                             "scored exactly (probe_accuracy in summary.json)."),
 ) -> None:
     """Factuality score of each model on test questions: generate, annotate, summarize; resumes."""
     from maskdpo_cli.annotation import JudgeConfig
@@ -319,7 +319,7 @@ def world_make(
     output: str = typer.Option(..., "-o", "--output", help="Output directory."),
     seed: int = typer.Option(7, help="Seed: the same seed gives the same world."),
     topics: Optional[int] = typer.Option(None, "--topics", min=2, help="Number of topics (default 16; quick 8)."),
-    entities: Optional[int] = typer.Option(None, "--entities", min=1, help="People per topic (default 16; quick 8)."),
+    entities: Optional[int] = typer.Option(None, "--entities", min=1, help="Entities per topic (default 16; quick 8)."),
     quick: bool = typer.Option(False, "--quick", help="A smaller world, for a first look and for CI."),
     kinds: int = typer.Option(1, "--kinds", min=1, max=3,
                               help="Kinds of entity: 1 people (the default world), 2 adds ships, 3 adds inns; "
