@@ -9,10 +9,14 @@ judged by the annotator, is kept. The full study scores 24 test questions spread
 the test topics (64 answers each), not all of them. Writes table6.md, table6.json and table6.png under --tables.
 
 The full columns (# correct, # no fact...) describe N=1; the best-of columns are % score.
+A second table says what the kept answers hold, at the smallest and the largest N: sentences
+judged correct (`ok`) and filler (`nofact`) per kept answer, so that a best-of gain made of
+filler shows.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ def main() -> None:
     started = time.time()
     root, tables = Path(args.output), Path(args.tables)
     results: dict[str, list[dict]] = {"base": [], "maskdpo": []}
+    kept: dict[str, list[dict]] = {"base": [], "maskdpo": []}
     for seed in args.seeds:
         run = common.prepare(root, seed, settings)
         questions = run.test
@@ -43,17 +48,43 @@ def main() -> None:
                                     run.dir / "table6" / "eval", settings, best_of=sizes, questions=questions)
         for name, summary in summaries.items():
             results[name].append(summary)
+            kept[name].append(kept_answers(run.dir / "table6" / "eval" / name / "annotated.r0.jsonl", sizes))
 
     best_of = [(f"best-of-{n}", lambda s, n=n: (s.get("best_of") or {}).get(str(n))) for n in sizes]
     rows = [common.Row({"model": name}, summaries) for name, summaries in results.items()]
-    gaps = [common.mean_sd([m["best_of"][str(n)] - b["best_of"][str(n)]
-                            for b, m in zip(results["base"], results["maskdpo"])]) for n in sizes]
-    notes = ["Mask-DPO minus base, % score: "
-             + ", ".join(f"N={n}: {common.fmt(g)}" for n, g in zip(sizes, gaps)) + "."]
+    gaps = {n: common.t_interval([m["best_of"][str(n)] - b["best_of"][str(n)]
+                                  for b, m in zip(results["base"], results["maskdpo"])]) for n in sizes}
+    notes = ["Mask-DPO minus base, % score, paired over seeds: mean [95% t-interval]; "
+             + ", ".join(f"N={n}: {common.fmt_paired(g)}" for n, g in gaps.items()) + "."]
     md, data = common.row_table("Table 6: best-of-N, base vs Mask-DPO", rows, seeds=args.seeds, settings=settings,
                                 started=started, notes=notes, extra_columns=best_of)
+    data["paired"] = {f"best-of-{n}": g for n, g in gaps.items()}
+    md += kept_table(kept, [min(sizes), max(sizes)])
+    data["kept"] = {name: dict(zip(map(str, args.seeds), per_seed)) for name, per_seed in kept.items()}
     common.save_results(tables, "table6", md, data)
     plot(results, sizes, tables / "table6.png")
+
+
+def kept_answers(annotated: Path, sizes: list[int]) -> dict[str, dict[str, float]]:
+    """N -> per kept answer (the best of the first N, as eval keeps it): sentences judged ok and nofact."""
+    from maskdpo_cli.evaluation import evaluated
+
+    records = common.read_jsonl(annotated)
+    out = {}
+    for n in sizes:
+        answers = [evaluated(record, n) for record in records]
+        out[str(n)] = {label: statistics.mean(sum(s["label"] == label for s in a["sentences"]) for a in answers)
+                       for label in ("ok", "nofact")}
+    return out
+
+
+def kept_table(kept: dict[str, list[dict]], sizes: list[int]) -> list[str]:
+    head = ["model"] + [f"{what}, N={n}" for n in sizes for what in ("correct sentences", "filler")]
+    rows = [[name] + [common.fmt(common.mean_sd([seed[str(n)][label] for seed in per_seed]))
+                      for n in sizes for label in ("ok", "nofact")]
+            for name, per_seed in kept.items()]
+    return ["", "Per kept answer (mean ± sd over seeds): sentences judged correct (ok) and filler (nofact).", ""] \
+        + common.markdown_table(head, rows)
 
 
 def plot(results: dict[str, list[dict]], sizes: list[int], path: Path) -> None:

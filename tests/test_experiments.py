@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -29,7 +30,10 @@ def _run(script: str, runs: Path, tables: Path) -> subprocess.CompletedProcess:
 
 
 def _markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    """The header and rows of the first Markdown table in `text`."""
+    all_lines = text.splitlines()
+    first = next(i for i, line in enumerate(all_lines) if line.startswith("|"))
+    lines = list(itertools.takewhile(lambda line: line.startswith("|"), all_lines[first:]))
     split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
     assert set(lines[1].replace("|", "")) <= set("-:")  # the separator row
     return split(lines[0]), [split(line) for line in lines[2:]]
@@ -57,6 +61,18 @@ def test_quick_studies_write_well_formed_tables_and_resume(tmp_path: Path):
     table6 = json.loads((tables / "table6.json").read_text())
     assert [r["model"] for r in table6["rows"]] == ["base", "maskdpo"]
     assert all(r["best-of-1"] and r["best-of-4"] for r in table6["rows"])
+    base, maskdpo = table6["rows"]
+    for n in (1, 4):  # the gap is paired seed by seed; one seed gives no interval, so nothing is detected
+        gap = table6["paired"][f"best-of-{n}"]
+        assert gap["mean"] == pytest.approx(maskdpo["per_seed"][0][f"best-of-{n}"] - base["per_seed"][0][f"best-of-{n}"])
+        assert gap["low"] is None
+    assert "N=4: " in (tables / "table6.md").read_text() and "not detected (underpowered)" in (tables / "table6.md").read_text()
+    # What the kept answers hold: at N=1 the filler per answer is eval's own count, spread over the questions.
+    questions = len((runs / "seed3" / "world" / "test_questions.jsonl").read_text().splitlines())
+    for row in table6["rows"]:
+        kept = table6["kept"][row["model"]]["3"]
+        assert kept["1"]["nofact"] * questions == pytest.approx(row["per_seed"][0]["# no fact"])
+        assert kept["4"]["ok"] >= 0 and kept["4"]["nofact"] >= 0
 
     # A rerun trains and samples nothing again: every step's output is already there.
     proc = _run(SCRIPTS["table6"], runs, tables)
