@@ -16,7 +16,6 @@ filler shows.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,14 +66,13 @@ def main() -> None:
 
 def kept_answers(annotated: Path, sizes: list[int]) -> dict[str, dict[str, float]]:
     """N -> per kept answer (the best of the first N, as eval keeps it): sentences judged ok and nofact."""
-    from maskdpo_cli.evaluation import evaluated
+    from maskdpo_cli.evaluation import evaluated, tally
 
     records = common.read_jsonl(annotated)
     out = {}
     for n in sizes:
-        answers = [evaluated(record, n) for record in records]
-        out[str(n)] = {label: statistics.mean(sum(s["label"] == label for s in a["sentences"]) for a in answers)
-                       for label in ("ok", "nofact")}
+        labels = tally([evaluated(record, n) for record in records])["labels"]
+        out[str(n)] = {label: labels[label] / len(records) for label in ("ok", "nofact")}
     return out
 
 

@@ -202,7 +202,7 @@ KIND_OF_ATTRIBUTE = {a: k.name for k in KINDS.values() for a in k.attributes}
 
 def kind_of(item: dict[str, Any]) -> str:
     """The kind of a topic or an entity of world.json; the default world's records name none: people."""
-    return item.get("kind", "person")
+    return item.get("kind", DEFAULT_KINDS[0])
 
 
 def world_kinds(world: dict[str, Any]) -> tuple[str, ...]:

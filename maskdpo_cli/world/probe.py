@@ -30,7 +30,6 @@ from maskdpo_cli.errors import MaskDPOError
 from maskdpo_cli.jsonl import write_json_atomic
 from maskdpo_cli.world import grammar
 from maskdpo_cli.world.generator import load_world
-from maskdpo_cli.world.grammar import kind_of
 
 PROBE_FILE = "probe.json"
 MAX_NEW_TOKENS = 16  # the longest value ("the <adjective> <noun>.") is a few tokens
@@ -86,7 +85,7 @@ def probe_items(world_dir: str | Path, split: str = "test") -> list[ProbeItem]:
     for entity in world["entities"]:
         if entity["topic_id"] not in topics:
             continue
-        kind = grammar.KINDS[kind_of(entity)]
+        kind = grammar.KINDS[grammar.kind_of(entity)]
         templates = probe_templates(kind.name)
         question = kind.questions[0].format(N=entity["name"])
         for attribute in kind.attributes:
